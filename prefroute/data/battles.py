@@ -1,0 +1,304 @@
+"""The battle table: one row per pairwise comparison, kept columnar in pyarrow."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from prefroute._logging import logger
+from prefroute.errors import DataError
+
+WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
+REQUIRED_COLUMNS = ("prompt", "model_a", "model_b", "winner")
+OPTIONAL_COLUMNS = ("weight", "p_b_wins", "source", "conversation")
+
+SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("model_a", pa.string()),
+        ("model_b", pa.string()),
+        ("winner", pa.string()),
+        ("weight", pa.float64()),
+        ("p_b_wins", pa.float64()),
+        ("source", pa.string()),
+        # Conversations are stored JSON-encoded: nested lists of dicts vary too much
+        # between sources to share one Arrow struct type.
+        ("conversation", pa.string()),
+    ]
+)
+
+
+def _validate_row(row: Mapping, index: int, file: str | None) -> dict:
+    out = {}
+    for field in REQUIRED_COLUMNS:
+        if field not in row or row[field] is None:
+            raise DataError("missing required field", file=file, row=index, field=field)
+        value = row[field]
+        if not isinstance(value, str):
+            raise DataError(
+                f"expected a string, got {type(value).__name__}", file=file, row=index, field=field
+            )
+        out[field] = value
+    if not out["prompt"].strip():
+        raise DataError("empty prompt", file=file, row=index, field="prompt")
+    if out["winner"] not in WINNERS:
+        raise DataError(
+            f"unknown winner {out['winner']!r}; allowed: {list(WINNERS)}",
+            file=file,
+            row=index,
+            field="winner",
+        )
+    for field in ("weight", "p_b_wins"):
+        value = row.get(field)
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            out[field] = None
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"not a number: {value!r}", file=file, row=index, field=field) from None
+        if field == "p_b_wins" and not 0.0 <= value <= 1.0:
+            raise DataError(f"must lie in [0, 1], got {value}", file=file, row=index, field=field)
+        if field == "weight" and value < 0:
+            raise DataError(f"must be >= 0, got {value}", file=file, row=index, field=field)
+        out[field] = value
+    source = row.get("source")
+    out["source"] = None if source is None else str(source)
+    conversation = row.get("conversation")
+    if conversation is not None and not isinstance(conversation, str):
+        conversation = json.dumps(conversation, ensure_ascii=False)
+    out["conversation"] = conversation
+    return out
+
+
+class Battles:
+    """A columnar table of pairwise battles.
+
+    Columns: ``prompt`` (the routing text: the first user turn), ``model_a``, ``model_b``,
+    ``winner`` in ``model_a | model_b | tie | tie (bothbad)``, and the optional ``weight``,
+    ``p_b_wins`` (a judge's probability that model_b is better), ``source`` and
+    ``conversation`` (JSON text). Every constructor validates its rows.
+
+    Examples
+    --------
+    >>> b = Battles.from_records([{"prompt": "hi", "model_a": "x", "model_b": "y",
+    ...                            "winner": "model_a"}])
+    >>> len(b)
+    1
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        missing = [c for c in SCHEMA.names if c not in table.column_names]
+        if missing:
+            raise DataError(f"battle table lacks columns {missing}")
+        self.table = table.select(SCHEMA.names).cast(SCHEMA)
+
+    # construction -------------------------------------------------------------------
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping], *, file: str | None = None) -> Battles:
+        """Validate and build from dict rows (row numbers in errors count from 1)."""
+        rows = [_validate_row(r, i, file) for i, r in enumerate(records, start=1)]
+        return cls(pa.Table.from_pylist(rows, schema=SCHEMA))
+
+    @classmethod
+    def from_columns(
+        cls,
+        prompt: Sequence[str],
+        model_a: Sequence[str],
+        model_b: Sequence[str],
+        winner: Sequence[str],
+        *,
+        file: str | None = None,
+        **optional: Sequence | None,
+    ) -> Battles:
+        """Build from equal-length columns, validated in bulk (fast path for loaders)."""
+        n = len(prompt)
+        cols = {"prompt": prompt, "model_a": model_a, "model_b": model_b, "winner": winner}
+        for name in OPTIONAL_COLUMNS:
+            cols[name] = optional.get(name)
+        unknown = set(optional) - set(OPTIONAL_COLUMNS)
+        if unknown:
+            raise DataError(f"unknown battle columns {sorted(unknown)}")
+        arrays = []
+        for field in SCHEMA:
+            values = cols[field.name]
+            if values is None:
+                arrays.append(pa.nulls(n, type=field.type))
+            else:
+                if len(values) != n:
+                    raise DataError(f"column has {len(values)} values, expected {n}", field=field.name)
+                arrays.append(pa.array(values, type=field.type, from_pandas=True))
+        table = pa.Table.from_arrays(arrays, schema=SCHEMA)
+        battles = cls(table)
+        battles.validate(file=file)
+        return battles
+
+    def validate(self, *, file: str | None = None) -> None:
+        """Check every row; raise DataError naming the first bad row and field."""
+        t = self.table
+        for field in REQUIRED_COLUMNS:
+            nulls = pc.is_null(t[field])
+            if pc.any(nulls).as_py():
+                row = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]) + 1
+                raise DataError("missing required field", file=file, row=row, field=field)
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t["prompt"])), 0)
+        if pc.any(empty).as_py():
+            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0]) + 1
+            raise DataError("empty prompt", file=file, row=row, field="prompt")
+        bad = pc.invert(pc.is_in(t["winner"], value_set=pa.array(WINNERS)))
+        if pc.any(bad).as_py():
+            row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+            raise DataError(
+                f"unknown winner {t['winner'][row].as_py()!r}; allowed: {list(WINNERS)}",
+                file=file,
+                row=row + 1,
+                field="winner",
+            )
+        p = t["p_b_wins"].to_numpy(zero_copy_only=False)
+        out = ~np.isnan(p) & ((p < 0) | (p > 1))
+        if out.any():
+            row = int(np.flatnonzero(out)[0])
+            raise DataError(f"must lie in [0, 1], got {p[row]}", file=file, row=row + 1, field="p_b_wins")
+
+    # I/O ------------------------------------------------------------------------------
+    @classmethod
+    def read_jsonl(cls, path: str | Path) -> Battles:
+        """Read a battles JSONL file (one object per line)."""
+        path = str(path)
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"not valid JSON ({e.msg})", file=path, row=i) from None
+        return cls.from_records(records, file=path)
+
+    def to_jsonl(self, path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            for row in self.table.to_pylist():
+                f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> Battles:
+        path = str(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"not a readable Parquet file ({e})", file=path) from None
+        for name in REQUIRED_COLUMNS:
+            if name not in table.column_names:
+                raise DataError("missing required column", file=path, field=name)
+        for name in OPTIONAL_COLUMNS:
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(len(table), type=SCHEMA.field(name).type))
+        battles = cls(table)
+        battles.validate(file=path)
+        return battles
+
+    def to_parquet(self, path: str | Path) -> None:
+        pq.write_table(self.table, str(path))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Battles:
+        """Read a battles file by extension: .jsonl/.json or .parquet."""
+        suffix = Path(path).suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            return cls.read_jsonl(path)
+        if suffix == ".parquet":
+            return cls.read_parquet(path)
+        raise DataError(f"unsupported battles file type {suffix!r} (use .jsonl or .parquet)", file=str(path))
+
+    def write(self, path: str | Path) -> None:
+        suffix = Path(path).suffix.lower()
+        if suffix == ".parquet":
+            self.to_parquet(path)
+        else:
+            self.to_jsonl(path)
+
+    # table operations ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __repr__(self) -> str:
+        return f"Battles(n={len(self)}, models={len(self.models())})"
+
+    def column(self, name: str) -> list:
+        return self.table[name].to_pylist()
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.column("prompt")
+
+    def numeric(self, name: str) -> np.ndarray:
+        """A float column as a numpy array, nulls as NaN."""
+        return self.table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+    def models(self) -> list[str]:
+        both = pa.concat_arrays(
+            [self.table["model_a"].combine_chunks(), self.table["model_b"].combine_chunks()]
+        )
+        return sorted(pc.unique(both).to_pylist())
+
+    def filter(self, mask: np.ndarray | pa.Array) -> Battles:
+        return Battles(self.table.filter(pa.array(np.asarray(mask, dtype=bool))))
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> Battles:
+        return Battles(self.table.take(pa.array(np.asarray(indices, dtype=np.int64))))
+
+    @staticmethod
+    def concat(parts: Sequence[Battles]) -> Battles:
+        if not parts:
+            raise DataError("nothing to concatenate")
+        return Battles(pa.concat_tables([p.table for p in parts]).combine_chunks())
+
+    def split(self, test_size: float = 0.1, *, seed: int = 0) -> tuple[Battles, Battles]:
+        """Random (train, test) split by row."""
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self))
+        n_test = int(round(test_size * len(self)))
+        return self.take(np.sort(order[n_test:])), self.take(np.sort(order[:n_test]))
+
+    def with_column(self, name: str, values: Sequence) -> Battles:
+        index = self.table.column_names.index(name)
+        array = pa.array(values, type=SCHEMA.field(name).type, from_pandas=True)
+        return Battles(self.table.set_column(index, name, array))
+
+    def rename_models(self, mapping: Mapping[str, str]) -> Battles:
+        """Replace model names (e.g. aliases to canonical names)."""
+        t = self.table
+        for col in ("model_a", "model_b"):
+            values = [mapping.get(m, m) for m in t[col].to_pylist()]
+            t = t.set_column(t.column_names.index(col), col, pa.array(values, pa.string()))
+        return Battles(t)
+
+    def swap_sides(self, mask: np.ndarray) -> Battles:
+        """Swap model_a and model_b (winner and p_b_wins follow) where ``mask`` is true."""
+        mask = np.asarray(mask, dtype=bool)
+        a = np.array(self.column("model_a"), dtype=object)
+        b = np.array(self.column("model_b"), dtype=object)
+        w = np.array(self.column("winner"), dtype=object)
+        p = self.numeric("p_b_wins")
+        a2, b2 = np.where(mask, b, a), np.where(mask, a, b)
+        flip = {"model_a": "model_b", "model_b": "model_a"}
+        w2 = np.array([flip.get(x, x) if m else x for x, m in zip(w, mask)], dtype=object)
+        p2 = np.where(mask, 1.0 - p, p)
+        out = self.with_column("model_a", list(a2)).with_column("model_b", list(b2))
+        return out.with_column("winner", list(w2)).with_column("p_b_wins", p2)
+
+    def to_records(self) -> list[dict]:
+        return self.table.to_pylist()
+
+    def log_filter(self, mask: np.ndarray, reason: str) -> Battles:
+        """Keep rows where ``mask`` is true and log how many were removed and why."""
+        removed = int((~np.asarray(mask, dtype=bool)).sum())
+        logger.info("%s: removed %d of %d battles", reason, removed, len(self))
+        return self.filter(mask)

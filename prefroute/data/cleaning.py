@@ -1,0 +1,42 @@
+"""Cleaning as RouteLLM does it: short prompts out, duplicates out, each step counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+
+from prefroute.data.battles import Battles
+
+
+def drop_short_prompts(battles: Battles, min_chars: int = 8) -> Battles:
+    """Remove battles whose routing prompt has fewer than ``min_chars`` non-blank characters."""
+    lengths = pc.utf8_length(pc.utf8_trim_whitespace(battles.table["prompt"])).to_numpy()
+    return battles.log_filter(lengths >= min_chars, f"prompts shorter than {min_chars} characters")
+
+
+def drop_duplicates(battles: Battles, *, keys: tuple[str, ...] = ("prompt", "model_a", "model_b",
+                                                                   "winner", "source")) -> Battles:
+    """Remove exact repeats of the same battle (same values in ``keys``), keeping the first."""
+    seen: set[tuple] = set()
+    columns = [battles.column(k) for k in keys]
+    keep = np.zeros(len(battles), dtype=bool)
+    for i, key in enumerate(zip(*columns)):
+        if key not in seen:
+            seen.add(key)
+            keep[i] = True
+    return battles.log_filter(keep, "duplicate battles")
+
+
+def drop_self_battles(battles: Battles) -> Battles:
+    """Remove battles of a model against itself (they carry no preference)."""
+    same = pc.equal(battles.table["model_a"], battles.table["model_b"]).to_numpy(zero_copy_only=False)
+    return battles.log_filter(~same, "battles of a model against itself")
+
+
+def clean_battles(battles: Battles, *, min_prompt_chars: int = 8, dedupe: bool = True) -> Battles:
+    """Short prompts, self-battles and (optionally) exact duplicates removed, with logged counts."""
+    battles = drop_short_prompts(battles, min_prompt_chars)
+    battles = drop_self_battles(battles)
+    if dedupe:
+        battles = drop_duplicates(battles)
+    return battles

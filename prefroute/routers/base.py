@@ -1,0 +1,176 @@
+"""The WinPredictor interface and the registry from router name to class.
+
+A win predictor learns P(strong model beats weak model | prompt) from battles. Subclasses
+keep ``__init__`` to storing keyword-only hyper-parameters (learned state ends in ``_``) and
+implement ``_fit``, ``_predict``, and the state hooks; this base class owns validation,
+batching and the checkpoint format, so every router saves and loads the same way.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from prefroute.checkpoint import load_tensors, read_config, save_tensors, write_config
+from prefroute.data.battles import Battles
+from prefroute.errors import CheckpointError, ConfigError
+
+ROUTERS: dict[str, type[WinPredictor]] = {}
+
+
+def register_router(cls: type[WinPredictor]) -> type[WinPredictor]:
+    """Class decorator: make ``cls`` loadable by its ``router_type``."""
+    ROUTERS[cls.router_type] = cls
+    return cls
+
+
+def router_class(name: str) -> type[WinPredictor]:
+    """The class registered under ``name`` (importing the built-in routers first)."""
+    import prefroute.routers  # noqa: F401 - fills the registry
+
+    if name not in ROUTERS:
+        raise ConfigError(f"unknown router {name!r}; known routers: {sorted(ROUTERS)}")
+    return ROUTERS[name]
+
+
+class NotFittedError(ConfigError):
+    """A predictor was used before ``fit`` or ``from_pretrained``."""
+
+
+class WinPredictor(ABC):
+    """Predicts the probability that ``strong_model`` beats ``weak_model`` on a prompt.
+
+    Parameters (shared by all subclasses, keyword-only)
+    ----------
+    strong_model, weak_model: the model names as they appear in the training battles.
+
+    Subclass contract
+    -----------------
+    ``_fit(battles)``: learn state (attributes ending in ``_``).
+    ``_predict(prompts) -> np.ndarray``: P(strong wins) for a list of prompts.
+    ``_state() -> (tensors: dict[str, np.ndarray], extra: dict)``: what to save; extra is
+    JSON and goes to config.json under ``"state"``.
+    ``_load_state(tensors, extra, directory)``: the reverse.
+    ``_save_files(directory)``: optional, for files beyond safetensors (FAISS index, tokenizer).
+    """
+
+    router_type: ClassVar[str]
+
+    def __init__(self, *, strong_model: str, weak_model: str) -> None:
+        self.strong_model = strong_model
+        self.weak_model = weak_model
+
+    # parameters ---------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in klass.__dict__:
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.name != "self" and p.kind == p.KEYWORD_ONLY and p.name not in names:
+                    names.append(p.name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serialisable, as config.json records them."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # fit / predict ------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "fitted_", False)
+
+    def fit(self, battles: Battles) -> WinPredictor:
+        """Learn from a battle table; returns ``self``."""
+        if not isinstance(battles, Battles):
+            raise ConfigError(f"fit expects a prefroute Battles table, got {type(battles).__name__}")
+        if len(battles) == 0:
+            raise ConfigError("fit got an empty battle table")
+        if self.strong_model == self.weak_model:
+            raise ConfigError("strong_model and weak_model must differ")
+        self._fit(battles)
+        self.fitted_ = True
+        return self
+
+    def predict_proba(self, prompts: Sequence[str] | str, *, batch_size: int = 1024) -> np.ndarray:
+        """P(strong model wins) for each prompt, a float64 array in [0, 1]."""
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit or from_pretrained")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise ConfigError(f"prompt {i} is {type(p).__name__}, not a string")
+        if not prompts:
+            return np.zeros(0)
+        parts = [self._predict(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        probs = np.concatenate(parts).astype(np.float64)
+        return np.clip(probs, 0.0, 1.0)
+
+    @abstractmethod
+    def _fit(self, battles: Battles) -> None: ...
+
+    @abstractmethod
+    def _predict(self, prompts: list[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+    @abstractmethod
+    def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path) -> None: ...
+
+    def _save_files(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Write files beyond config.json and model.safetensors."""
+
+    def _expected_tensors(self, extra: dict[str, Any]) -> list[str] | None:
+        """Tensor names a checkpoint must hold (None: do not check)."""
+        return None
+
+    # checkpoints --------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, *, router: dict[str, Any] | None = None) -> Path:
+        """Write the checkpoint folder: config.json + model.safetensors (+ extra files)."""
+        if not self.is_fitted:
+            raise NotFittedError("cannot save an unfitted predictor")
+        directory = Path(directory)
+        tensors, extra = self._state()
+        config: dict[str, Any] = {"type": self.router_type, "params": self.get_params(), "state": extra}
+        if router is not None:
+            config["router"] = router
+        save_tensors(directory, tensors)
+        self._save_files(directory)
+        write_config(directory, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> WinPredictor:
+        """Load a checkpoint; on the base class the config's type picks the subclass."""
+        directory = Path(directory)
+        expected = None if cls is WinPredictor else cls.router_type
+        config = read_config(directory, expected_type=expected)
+        klass = router_class(config["type"]) if cls is WinPredictor else cls
+        params = config.get("params")
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{directory / 'config.json'} has no 'params' object")
+        unknown = sorted(set(params) - set(klass._param_names()))
+        if unknown:
+            raise CheckpointError(
+                f"{directory / 'config.json'}: parameters {unknown} are not parameters of "
+                f"{klass.__name__} (saved by another version?)"
+            )
+        predictor = klass(**params)
+        extra = config.get("state", {})
+        tensors = load_tensors(directory, predictor._expected_tensors(extra))
+        predictor._load_state(tensors, extra, directory)
+        predictor.fitted_ = True
+        return predictor
