@@ -37,7 +37,9 @@ def read_config(directory: str | Path, *, expected_type: str | None = None) -> d
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupted") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({e}); the checkpoint is corrupted"
+        ) from None
     if not isinstance(config, dict) or "type" not in config:
         raise CheckpointError(f"{path} has no 'type' key: not a prefroute router checkpoint")
     version = config.get("prefroute_version")
@@ -54,7 +56,9 @@ def read_config(directory: str | Path, *, expected_type: str | None = None) -> d
     return config
 
 
-def save_tensors(directory: str | Path, tensors: dict[str, np.ndarray], name: str = TENSORS_NAME) -> None:
+def save_tensors(
+    directory: str | Path, tensors: dict[str, np.ndarray], name: str = TENSORS_NAME
+) -> None:
     """Write numpy arrays to a safetensors file."""
     from safetensors.numpy import save_file
 
@@ -82,7 +86,8 @@ def load_tensors(
         unexpected = sorted(tensors.keys() - expected)
         if missing or unexpected:
             raise CheckpointError(
-                f"{path} does not match the router: missing keys {missing}, unexpected keys {unexpected}"
+                f"{path} does not match the router: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
             )
     return tensors
 

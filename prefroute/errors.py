@@ -42,7 +42,8 @@ def check_choice(name: str, owner: str, value: object, allowed: tuple) -> None:
     """Raise ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(
-            f"The '{name}' parameter of {owner} must be one of {list(allowed)}. Got {value!r} instead."
+            f"The '{name}' parameter of {owner} must be one of {list(allowed)}. "
+            f"Got {value!r} instead."
         )
 
 
@@ -68,5 +69,6 @@ def check_range(
         lb = "[" if low_inclusive else "("
         hb = "]" if high_inclusive else ")"
         raise ConfigError(
-            f"The '{name}' parameter of {owner} must be in {lb}{lo}, {hi}{hb}. Got {value!r} instead."
+            f"The '{name}' parameter of {owner} must be in {lb}{lo}, {hi}{hb}. "
+            f"Got {value!r} instead."
         )

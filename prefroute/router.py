@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from prefroute.calibrate import Calibration, calibrate_strong_rate
-from prefroute.checkpoint import read_config
+from prefroute.checkpoint import read_config, write_config
 from prefroute.errors import CheckpointError, ConfigError, check_range
 from prefroute.routers.base import WinPredictor
 
@@ -24,12 +24,21 @@ class Router:
     calibration: how the threshold was chosen, kept in the checkpoint.
     """
 
-    def __init__(self, predictor: WinPredictor, threshold: float = 0.5,
-                 calibration: Calibration | dict | None = None) -> None:
+    def __init__(
+        self,
+        predictor: WinPredictor,
+        threshold: float = 0.5,
+        calibration: Calibration | dict | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> None:
         check_range("threshold", "Router", threshold, low=0.0, high=1.0 + 1e-9)
         self.predictor = predictor
         self.threshold = float(threshold)
-        self.calibration = calibration.to_dict() if isinstance(calibration, Calibration) else calibration
+        self.calibration = (
+            calibration.to_dict() if isinstance(calibration, Calibration) else calibration
+        )
+        # where the training battles came from, so evaluation can decontaminate against them
+        self.training = training or {}
 
     @property
     def strong_model(self) -> str:
@@ -63,11 +72,23 @@ class Router:
         self.calibration = calibration.to_dict()
 
     def _router_config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "strong_model": self.strong_model,
-                "weak_model": self.weak_model, "calibration": self.calibration}
+        return {
+            "threshold": self.threshold,
+            "strong_model": self.strong_model,
+            "weak_model": self.weak_model,
+            "calibration": self.calibration,
+            "training": self.training,
+        }
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return self.predictor.save_pretrained(directory, router=self._router_config())
+
+    def save_threshold(self, directory: str | Path) -> None:
+        """Rewrite only the router section of an existing checkpoint (weights untouched)."""
+        config = read_config(directory, expected_type=self.router_type)
+        config.pop("prefroute_version", None)
+        config["router"] = self._router_config()
+        write_config(directory, config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Router:
@@ -76,12 +97,16 @@ class Router:
         section = config.get("router") or {}
         threshold = section.get("threshold", 0.5)
         if not isinstance(threshold, (int, float)):
-            raise CheckpointError(f"{Path(directory) / 'config.json'}: router.threshold is not a number")
-        return cls(predictor, float(threshold), section.get("calibration"))
+            raise CheckpointError(
+                f"{Path(directory) / 'config.json'}: router.threshold is not a number"
+            )
+        return cls(predictor, float(threshold), section.get("calibration"), section.get("training"))
 
     def __repr__(self) -> str:
-        return (f"Router({self.router_type}, strong={self.strong_model!r}, weak={self.weak_model!r}, "
-                f"threshold={self.threshold:.4f})")
+        return (
+            f"Router({self.router_type}, strong={self.strong_model!r}, weak={self.weak_model!r}, "
+            f"threshold={self.threshold:.4f})"
+        )
 
 
 def load_router(directory: str | Path) -> Router:

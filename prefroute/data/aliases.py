@@ -51,13 +51,16 @@ class ModelAliases:
             for name in (canonical, *spellings):
                 previous = self._lookup.get(name.lower())
                 if previous is not None and previous != canonical:
-                    raise DataError(
-                        f"alias {name!r} maps to both {previous!r} and {canonical!r}"
-                    )
+                    raise DataError(f"alias {name!r} maps to both {previous!r} and {canonical!r}")
                 self._lookup[name.lower()] = canonical
 
     def canonical(
-        self, name: str, *, file: str | None = None, row: int | None = None, field: str | None = None
+        self,
+        name: str,
+        *,
+        file: str | None = None,
+        row: int | None = None,
+        field: str | None = None,
     ) -> str:
         """The canonical name of ``name``; in strict mode unknown names raise DataError."""
         found = self._lookup.get(name.lower())

@@ -132,7 +132,9 @@ class Battles:
                 arrays.append(pa.nulls(n, type=field.type))
             else:
                 if len(values) != n:
-                    raise DataError(f"column has {len(values)} values, expected {n}", field=field.name)
+                    raise DataError(
+                        f"column has {len(values)} values, expected {n}", field=field.name
+                    )
                 arrays.append(pa.array(values, type=field.type, from_pandas=True))
         table = pa.Table.from_arrays(arrays, schema=SCHEMA)
         battles = cls(table)
@@ -164,7 +166,9 @@ class Battles:
         out = ~np.isnan(p) & ((p < 0) | (p > 1))
         if out.any():
             row = int(np.flatnonzero(out)[0])
-            raise DataError(f"must lie in [0, 1], got {p[row]}", file=file, row=row + 1, field="p_b_wins")
+            raise DataError(
+                f"must lie in [0, 1], got {p[row]}", file=file, row=row + 1, field="p_b_wins"
+            )
 
     # I/O ------------------------------------------------------------------------------
     @classmethod
@@ -199,7 +203,9 @@ class Battles:
                 raise DataError("missing required column", file=path, field=name)
         for name in OPTIONAL_COLUMNS:
             if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(len(table), type=SCHEMA.field(name).type))
+                table = table.append_column(
+                    name, pa.nulls(len(table), type=SCHEMA.field(name).type)
+                )
         battles = cls(table)
         battles.validate(file=path)
         return battles
@@ -215,7 +221,9 @@ class Battles:
             return cls.read_jsonl(path)
         if suffix == ".parquet":
             return cls.read_parquet(path)
-        raise DataError(f"unsupported battles file type {suffix!r} (use .jsonl or .parquet)", file=str(path))
+        raise DataError(
+            f"unsupported battles file type {suffix!r} (use .jsonl or .parquet)", file=str(path)
+        )
 
     def write(self, path: str | Path) -> None:
         suffix = Path(path).suffix.lower()

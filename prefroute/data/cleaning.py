@@ -14,8 +14,11 @@ def drop_short_prompts(battles: Battles, min_chars: int = 8) -> Battles:
     return battles.log_filter(lengths >= min_chars, f"prompts shorter than {min_chars} characters")
 
 
-def drop_duplicates(battles: Battles, *, keys: tuple[str, ...] = ("prompt", "model_a", "model_b",
-                                                                   "winner", "source")) -> Battles:
+def drop_duplicates(
+    battles: Battles,
+    *,
+    keys: tuple[str, ...] = ("prompt", "model_a", "model_b", "winner", "source"),
+) -> Battles:
     """Remove exact repeats of the same battle (same values in ``keys``), keeping the first."""
     seen: set[tuple] = set()
     columns = [battles.column(k) for k in keys]
@@ -29,7 +32,9 @@ def drop_duplicates(battles: Battles, *, keys: tuple[str, ...] = ("prompt", "mod
 
 def drop_self_battles(battles: Battles) -> Battles:
     """Remove battles of a model against itself (they carry no preference)."""
-    same = pc.equal(battles.table["model_a"], battles.table["model_b"]).to_numpy(zero_copy_only=False)
+    same = pc.equal(battles.table["model_a"], battles.table["model_b"]).to_numpy(
+        zero_copy_only=False
+    )
     return battles.log_filter(~same, "battles of a model against itself")
 
 

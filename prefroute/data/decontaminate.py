@@ -31,8 +31,9 @@ class ContaminationReport:
         ]
 
 
-def nearest_cosine(queries: np.ndarray, corpus: np.ndarray, *, batch: int = 4096
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def nearest_cosine(
+    queries: np.ndarray, corpus: np.ndarray, *, batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """For each unit-norm query row, the best cosine in ``corpus`` and its index (FAISS)."""
     import faiss
 
@@ -41,7 +42,9 @@ def nearest_cosine(queries: np.ndarray, corpus: np.ndarray, *, batch: int = 4096
     best = np.empty(len(queries), dtype=np.float32)
     where = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), batch):
-        sims, ids = index.search(np.ascontiguousarray(queries[start : start + batch], np.float32), 1)
+        sims, ids = index.search(
+            np.ascontiguousarray(queries[start : start + batch], np.float32), 1
+        )
         best[start : start + batch] = sims[:, 0]
         where[start : start + batch] = ids[:, 0]
     return best, where
@@ -85,8 +88,9 @@ def decontaminate(
     """
     prompts = battles.prompts
     unique, inverse = np.unique(np.array(prompts, dtype=object), return_inverse=True)
-    report_unique = find_contamination(list(unique), eval_prompts, embedder=embedder,
-                                       threshold=threshold)
+    report_unique = find_contamination(
+        list(unique), eval_prompts, embedder=embedder, threshold=threshold
+    )
     bad_unique = np.zeros(len(unique), dtype=bool)
     bad_unique[report_unique.train_rows] = True
     eval_of_unique = np.full(len(unique), -1)
@@ -95,8 +99,14 @@ def decontaminate(
     sim_of_unique[report_unique.train_rows] = report_unique.similarity
     bad = bad_unique[inverse]
     rows = np.flatnonzero(bad)
-    report = ContaminationReport(threshold, rows, eval_of_unique[inverse][rows],
-                                 sim_of_unique[inverse][rows])
-    logger.info("decontamination (cosine >= %.2f): removed %d of %d battles (%d distinct prompts)",
-                threshold, len(rows), len(battles), int(bad_unique.sum()))
+    report = ContaminationReport(
+        threshold, rows, eval_of_unique[inverse][rows], sim_of_unique[inverse][rows]
+    )
+    logger.info(
+        "decontamination (cosine >= %.2f): removed %d of %d battles (%d distinct prompts)",
+        threshold,
+        len(rows),
+        len(battles),
+        int(bad_unique.sum()),
+    )
     return battles.filter(~bad), report

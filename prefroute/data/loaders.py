@@ -24,14 +24,21 @@ ARENA_55K = "lmsys/lmsys-arena-human-preference-55k"
 ARENA_CONVERSATIONS = "lmsys/chatbot_arena_conversations"
 
 
-def first_user_turn(conversation: object, *, file: str | None = None, row: int | None = None,
-                    field: str = "conversation") -> str:
+def first_user_turn(
+    conversation: object,
+    *,
+    file: str | None = None,
+    row: int | None = None,
+    field: str = "conversation",
+) -> str:
     """The first user message of a conversation given as a list of {role, content}."""
     if isinstance(conversation, str):
         try:
             conversation = json.loads(conversation)
         except json.JSONDecodeError:
-            raise DataError("conversation is not valid JSON", file=file, row=row, field=field) from None
+            raise DataError(
+                "conversation is not valid JSON", file=file, row=row, field=field
+            ) from None
     if not isinstance(conversation, list):
         raise DataError("conversation must be a list of turns", file=file, row=row, field=field)
     for turn in conversation:
@@ -51,27 +58,46 @@ def _require(row: Mapping, fields: Sequence[str], file: str | None, index: int) 
 def _from_55k(rows: list[dict], file: str | None) -> Battles:
     out = []
     for i, r in enumerate(rows, start=1):
-        _require(r, ["model_a", "model_b", "prompt", "winner_model_a", "winner_model_b",
-                     "winner_tie"], file, i)
+        _require(
+            r,
+            ["model_a", "model_b", "prompt", "winner_model_a", "winner_model_b", "winner_tie"],
+            file,
+            i,
+        )
         turns = r["prompt"]
         if isinstance(turns, str):
             try:
                 turns = json.loads(turns)
             except json.JSONDecodeError:
-                raise DataError("prompt is not a JSON-encoded list of turns", file=file, row=i,
-                                field="prompt") from None
+                raise DataError(
+                    "prompt is not a JSON-encoded list of turns", file=file, row=i, field="prompt"
+                ) from None
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
-            raise DataError("prompt must be a non-empty list of turns", file=file, row=i, field="prompt")
+            raise DataError(
+                "prompt must be a non-empty list of turns", file=file, row=i, field="prompt"
+            )
         flags = [int(float(r[k])) for k in ("winner_model_a", "winner_model_b", "winner_tie")]
         if sum(flags) != 1:
-            raise DataError(f"exactly one of winner_model_a/b/tie must be 1, got {flags}", file=file,
-                            row=i, field="winner_model_a")
+            raise DataError(
+                f"exactly one of winner_model_a/b/tie must be 1, got {flags}",
+                file=file,
+                row=i,
+                field="winner_model_a",
+            )
         winner = ("model_a", "model_b", "tie")[flags.index(1)]
         responses_a = r.get("response_a")
         responses_b = r.get("response_b")
         conversation = {"turns": turns, "response_a": responses_a, "response_b": responses_b}
-        out.append({"prompt": turns[0], "model_a": r["model_a"], "model_b": r["model_b"],
-                    "winner": winner, "source": "arena-55k", "conversation": conversation})
+        out.append(
+            {
+                "prompt": turns[0],
+                "model_a": r["model_a"],
+                "model_b": r["model_b"],
+                "winner": winner,
+                "source": "arena-55k",
+                "conversation": conversation,
+            }
+        )
     return Battles.from_records(out, file=file)
 
 
@@ -80,9 +106,16 @@ def _from_conversations(rows: list[dict], file: str | None, source: str) -> Batt
     for i, r in enumerate(rows, start=1):
         _require(r, ["model_a", "model_b", "winner", "conversation_a"], file, i)
         prompt = first_user_turn(r["conversation_a"], file=file, row=i, field="conversation_a")
-        out.append({"prompt": prompt, "model_a": r["model_a"], "model_b": r["model_b"],
-                    "winner": r["winner"], "source": source,
-                    "conversation": r["conversation_a"]})
+        out.append(
+            {
+                "prompt": prompt,
+                "model_a": r["model_a"],
+                "model_b": r["model_b"],
+                "winner": r["winner"],
+                "source": source,
+                "conversation": r["conversation_a"],
+            }
+        )
     return Battles.from_records(out, file=file)
 
 
@@ -151,7 +184,9 @@ def load_judge_battles(path: str | Path) -> Battles:
             raise DataError(f"not a number: {value!r}", file=str(path), row=i, field="p_b_wins")
         p_b.append(value)
         sources.append(f"judge:{r['source']}" if r.get("source") else "judge")
-    return Battles.from_columns(prompts, a, b, winners, file=str(path), p_b_wins=p_b, source=sources)
+    return Battles.from_columns(
+        prompts, a, b, winners, file=str(path), p_b_wins=p_b, source=sources
+    )
 
 
 def load_mt_bench_votes(path: str | Path, *, turn: int | None = None) -> Battles:
@@ -170,7 +205,9 @@ def load_mt_bench_votes(path: str | Path, *, turn: int | None = None) -> Battles
             r["winner"] = "tie"
             inconsistent += 1
     if inconsistent:
-        logger.info("mt-bench votes: %d 'tie (inconsistent)' verdicts counted as ties", inconsistent)
+        logger.info(
+            "mt-bench votes: %d 'tie (inconsistent)' verdicts counted as ties", inconsistent
+        )
     return _from_conversations(rows, str(path), source=f"mt_bench:{path.stem}")
 
 
@@ -194,13 +231,23 @@ def golden_battles(
     w = outcomes.column(weak)
     known = ~(np.isnan(s) | np.isnan(w))
     if (~known).any():
-        logger.info("golden %s: %d of %d items lack a result for %s or %s; skipped",
-                    outcomes.name, int((~known).sum()), len(outcomes), strong, weak)
+        logger.info(
+            "golden %s: %d of %d items lack a result for %s or %s; skipped",
+            outcomes.name,
+            int((~known).sum()),
+            len(outcomes),
+            strong,
+            weak,
+        )
     winner = np.where(s > w, "model_a", np.where(s < w, "model_b", "tie")).astype(object)
     keep = known.copy()
     if ties == "drop":
         keep &= winner != "tie"
-        logger.info("golden %s: dropped %d tied items", outcomes.name, int((known & (winner == "tie")).sum()))
+        logger.info(
+            "golden %s: dropped %d tied items",
+            outcomes.name,
+            int((known & (winner == "tie")).sum()),
+        )
     idx = np.flatnonzero(keep)
     n = len(idx)
     return Battles.from_columns(
@@ -240,8 +287,13 @@ NAMED_SOURCES = (
 )
 
 
-def load_source(name: str, data_dir: str | Path, *, golden_pair: tuple[str, str] | None = None,
-                golden_as: tuple[str, str] | None = None) -> Battles:
+def load_source(
+    name: str,
+    data_dir: str | Path,
+    *,
+    golden_pair: tuple[str, str] | None = None,
+    golden_as: tuple[str, str] | None = None,
+) -> Battles:
     """A named source under ``data_dir`` (the ``shared/data`` layout) or a battles file.
 
     ``golden:<table>`` builds golden battles for ``golden_pair`` (default: the table's
@@ -266,4 +318,6 @@ def load_source(name: str, data_dir: str | Path, *, golden_pair: tuple[str, str]
     path = Path(name)
     if path.exists():
         return Battles.read(path)
-    raise DataError(f"unknown data source {name!r}: not a file and not one of {list(NAMED_SOURCES)}")
+    raise DataError(
+        f"unknown data source {name!r}: not a file and not one of {list(NAMED_SOURCES)}"
+    )

@@ -330,7 +330,8 @@ def load_routerbench(data_dir: str | Path, files: Sequence[str] = ROUTERBENCH_FI
 
 def load_contaminated_prompts(data_dir: str | Path, benchmark: str) -> set[str]:
     """Eval prompts RouteLLM found too close to its training data (excluded from its numbers)."""
-    folder = {"mmlu": "mmlu", "gsm8k": "gsm8k"}.get(benchmark)
+    folder = {"mmlu": "mmlu", "gsm8k": "gsm8k", "mt-bench": "mt_bench",
+              "mt_bench": "mt_bench"}.get(benchmark)
     if folder is None:
         return set()
     path = Path(data_dir) / "routellm_evals" / folder / "contaminated_prompts.jsonl"

@@ -65,4 +65,6 @@ def read_records(path: str | Path) -> list[dict]:
             return pq.read_table(name).to_pylist()
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"not a readable Parquet file ({e})", file=name) from None
-    raise DataError(f"unsupported file type {suffix!r}; use one of {list(RECORD_SUFFIXES)}", file=name)
+    raise DataError(
+        f"unsupported file type {suffix!r}; use one of {list(RECORD_SUFFIXES)}", file=name
+    )

@@ -93,7 +93,9 @@ class WinPredictor(ABC):
     def fit(self, battles: Battles) -> WinPredictor:
         """Learn from a battle table; returns ``self``."""
         if not isinstance(battles, Battles):
-            raise ConfigError(f"fit expects a prefroute Battles table, got {type(battles).__name__}")
+            raise ConfigError(
+                f"fit expects a prefroute Battles table, got {type(battles).__name__}"
+            )
         if len(battles) == 0:
             raise ConfigError("fit got an empty battle table")
         if self.strong_model == self.weak_model:
@@ -105,7 +107,9 @@ class WinPredictor(ABC):
     def predict_proba(self, prompts: Sequence[str] | str, *, batch_size: int = 1024) -> np.ndarray:
         """P(strong model wins) for each prompt, a float64 array in [0, 1]."""
         if not self.is_fitted:
-            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit or from_pretrained")
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted: call fit or from_pretrained"
+            )
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = list(prompts)
@@ -114,7 +118,9 @@ class WinPredictor(ABC):
                 raise ConfigError(f"prompt {i} is {type(p).__name__}, not a string")
         if not prompts:
             return np.zeros(0)
-        parts = [self._predict(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        parts = [
+            self._predict(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)
+        ]
         probs = np.concatenate(parts).astype(np.float64)
         return np.clip(probs, 0.0, 1.0)
 
@@ -128,7 +134,9 @@ class WinPredictor(ABC):
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
 
     @abstractmethod
-    def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path) -> None: ...
+    def _load_state(
+        self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
+    ) -> None: ...
 
     def _save_files(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Write files beyond config.json and model.safetensors."""
@@ -138,13 +146,19 @@ class WinPredictor(ABC):
         return None
 
     # checkpoints --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, *, router: dict[str, Any] | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, *, router: dict[str, Any] | None = None
+    ) -> Path:
         """Write the checkpoint folder: config.json + model.safetensors (+ extra files)."""
         if not self.is_fitted:
             raise NotFittedError("cannot save an unfitted predictor")
         directory = Path(directory)
         tensors, extra = self._state()
-        config: dict[str, Any] = {"type": self.router_type, "params": self.get_params(), "state": extra}
+        config: dict[str, Any] = {
+            "type": self.router_type,
+            "params": self.get_params(),
+            "state": extra,
+        }
         if router is not None:
             config["router"] = router
         save_tensors(directory, tensors)

@@ -44,18 +44,31 @@ def check_router(
         raise AssertionError("predict_proba before fit must raise NotFittedError")
     assert predictor.fit(battles) is predictor, "fit must return self"
     probs = predictor.predict_proba(list(prompts))
-    assert probs.shape == (len(prompts),), f"expected {len(prompts)} probabilities, got {probs.shape}"
-    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all(), "probabilities outside [0, 1]"
+    assert probs.shape == (len(prompts),), (
+        f"expected {len(prompts)} probabilities, got {probs.shape}"
+    )
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all(), (
+        "probabilities outside [0, 1]"
+    )
     single = np.concatenate([predictor.predict_proba(p) for p in prompts[:5]])
-    np.testing.assert_allclose(single, probs[:5], atol=max(atol, 1e-6),
-                               err_msg="one-at-a-time scoring differs from batch scoring")
+    np.testing.assert_allclose(
+        single,
+        probs[:5],
+        atol=max(atol, 1e-6),
+        err_msg="one-at-a-time scoring differs from batch scoring",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ckpt"
         router = Router(predictor, threshold=float(np.median(probs)))
         router.save_pretrained(path)
         loaded = cls.from_pretrained(path)
-        np.testing.assert_allclose(loaded.predict_proba(list(prompts)), probs, atol=atol, rtol=0,
-                                   err_msg="save -> load changed the probabilities")
+        np.testing.assert_allclose(
+            loaded.predict_proba(list(prompts)),
+            probs,
+            atol=atol,
+            rtol=0,
+            err_msg="save -> load changed the probabilities",
+        )
         again = load_router(path)
         assert type(again.predictor) is cls
         assert again.threshold == router.threshold

@@ -40,5 +40,7 @@ class RandomRouter(WinPredictor):
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"seed": np.array([self.seed], dtype=np.int64)}, {}
 
-    def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path) -> None:
+    def _load_state(
+        self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
+    ) -> None:
         pass

@@ -1,0 +1,74 @@
+"""Foundation speed: load + clean the 36,700 AlpacaEval judge battles and embed their prompts.
+
+Target (issue "Foundation"): all of it in < 5 s on a 2-core machine with wordllama. The
+straightforward method beside it embeds every battle's prompt (36,700 texts) instead of the
+644 distinct prompts.
+
+    python benchmarks/bench_data.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from prefroute.data import clean_battles, load_source
+from prefroute.data.paths import default_data_dir
+from prefroute.embed import build_embedder
+
+
+def run_once(data_dir, embedder, *, distinct: bool) -> dict[str, float]:
+    t0 = time.perf_counter()
+    battles = load_source("alpaca_eval", data_dir)
+    t1 = time.perf_counter()
+    battles = clean_battles(battles)
+    t2 = time.perf_counter()
+    prompts = battles.prompts
+    if distinct:
+        unique, inverse = np.unique(np.array(prompts, dtype=object), return_inverse=True)
+        vectors = embedder.encode(list(unique))[inverse]
+    else:
+        vectors = embedder.encode(prompts)
+    t3 = time.perf_counter()
+    assert vectors.shape[0] == len(battles) == 36_700
+    return {"load": t1 - t0, "clean": t2 - t1, "embed": t3 - t2, "total": t3 - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    data_dir = args.data_dir or default_data_dir()
+    from prefroute.embed.wordllama_embedder import clear_model_cache
+
+    clear_model_cache()
+    embedder = build_embedder("wordllama")
+    t = time.perf_counter()
+    embedder.encode(["warm-up"])  # model load: a one-off per process, reported separately
+    load_seconds = time.perf_counter() - t
+    rows = []
+    for distinct in (True, False):
+        runs = [run_once(data_dir, embedder, distinct=distinct) for _ in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        rows.append(
+            ("distinct prompts (prefroute)" if distinct else "every battle (straightforward)", med)
+        )
+    print(f"wordllama model load (once per process): {load_seconds:.3f} s\n")
+    print("| method | load (s) | clean (s) | embed (s) | total (s) |")
+    print("|---|---|---|---|---|")
+    for name, med in rows:
+        print(
+            f"| {name} | {med['load']:.2f} | {med['clean']:.2f} | {med['embed']:.2f} | {med['total']:.2f} |"
+        )
+    print(
+        f"\nratio straightforward / prefroute total: {rows[1][1]['total'] / rows[0][1]['total']:.1f}x "
+        f"(median of {args.repeats} runs; target total < 5 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

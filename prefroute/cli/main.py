@@ -1,0 +1,57 @@
+"""The ``prefroute`` command: wires the commands; known errors become one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from prefroute.cli.benchmark import benchmark
+from prefroute.cli.calibrate import calibrate
+from prefroute.cli.common import setup_logging
+from prefroute.cli.evaluate import evaluate
+from prefroute.cli.score import score
+from prefroute.cli.train import train
+from prefroute.errors import PrefrouteError
+
+app = typer.Typer(
+    name="prefroute",
+    help="Learn to route prompts between LLMs from preference data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log what each step does"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks for known errors"),
+) -> None:
+    setup_logging(verbose)
+    if debug:
+        os.environ["PREFROUTE_DEBUG"] = "1"
+
+
+app.command()(train)
+app.command()(score)
+app.command()(calibrate)
+app.command(name="eval")(evaluate)
+app.command()(benchmark)
+
+
+def main() -> None:
+    """Run the CLI; a known error prints one line and a hint, exit code 2."""
+    try:
+        app()
+    except PrefrouteError as e:
+        if os.environ.get("PREFROUTE_DEBUG"):
+            raise
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        typer.echo("hint: run with --debug for a traceback, --help for usage", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

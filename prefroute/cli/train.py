@@ -1,0 +1,69 @@
+"""`prefroute train`: fit a win predictor on battles and save a router checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from prefroute.cli.common import resolve_data_dir
+from prefroute.errors import ConfigError
+from prefroute.router import Router
+from prefroute.training import load_training_battles, train_router
+
+
+def train(
+    router: str = typer.Option(..., "--router", help="sw_bt, mf, random, bert or causal_llm"),
+    data: list[str] = typer.Option(
+        ...,
+        "--data",
+        help="battles file (.jsonl/.parquet: prompt, model_a, model_b, winner[, p_b_wins]) or a "
+        "named source: alpaca_eval, mt_bench_human, mt_bench_gpt4, golden:mmlu_pro, ... "
+        "(repeat for several)",
+    ),
+    strong_model: str = typer.Option(..., "--strong-model"),
+    weak_model: str = typer.Option(..., "--weak-model"),
+    out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
+    embedder: str = typer.Option(
+        "wordllama", "--embedder", help="wordllama, minilm, tfidf, openai"
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="folder in the shared/data layout"
+    ),
+    params: str = typer.Option(
+        "{}", "--params", help="extra router parameters as JSON, e.g. '{\"epochs\": 5}'"
+    ),
+    threshold: float = typer.Option(0.5, "--threshold", help="initial threshold (calibrate later)"),
+    no_clean: bool = typer.Option(
+        False, "--no-clean", help="skip short-prompt and duplicate filters"
+    ),
+) -> None:
+    """Train a router on battle data and save it as a checkpoint.
+
+    Example: prefroute train --router mf --data alpaca_eval --data golden:mmlu_pro
+    --strong-model gpt-4-1106-preview --weak-model mixtral-8x7b-instruct-v0.1 --out runs/mf
+    """
+    try:
+        extra = json.loads(params)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--params is not valid JSON: {e}") from None
+    if not isinstance(extra, dict):
+        raise ConfigError("--params must be a JSON object")
+    needs_dir = any(not Path(d).exists() for d in data)
+    battles = load_training_battles(
+        data,
+        resolve_data_dir(data_dir) if needs_dir else data_dir,
+        strong_model=strong_model,
+        weak_model=weak_model,
+        clean=not no_clean,
+    )
+    typer.echo(f"training {router} on {len(battles):,} battles ({len(battles.models())} models)")
+    if router not in ("random",):
+        extra.setdefault("embedder", embedder)
+    predictor = train_router(
+        router, battles, strong_model=strong_model, weak_model=weak_model, **extra
+    )
+    training = {"sources": list(data), "n_battles": len(battles), "clean": not no_clean}
+    Router(predictor, threshold, training=training).save_pretrained(out)
+    typer.echo(f"saved {router} router to {out}")

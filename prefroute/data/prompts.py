@@ -1,0 +1,53 @@
+"""Reading prompt files for scoring and calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefroute._logging import logger
+from prefroute.errors import DataError
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a JSONL file (a ``prompt`` field per row) or plain text (one per line).
+
+    Blank lines of a text file are not prompts; their count is logged.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", file=str(path))
+    prompts: list[str] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"not valid JSON ({e.msg})", file=str(path), row=i) from None
+                if not isinstance(row, dict) or "prompt" not in row:
+                    raise DataError("missing field", file=str(path), row=i, field="prompt")
+                prompt = row["prompt"]
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise DataError(
+                        "empty or non-text prompt", file=str(path), row=i, field="prompt"
+                    )
+                prompts.append(prompt)
+    else:
+        blank = 0
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError("not a UTF-8 text file", file=str(path)) from None
+        for line in text.splitlines():
+            if line.strip():
+                prompts.append(line)
+            else:
+                blank += 1
+        if blank:
+            logger.info("%s: skipped %d blank lines", path, blank)
+    if not prompts:
+        raise DataError("no prompts found", file=str(path))
+    return prompts

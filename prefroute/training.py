@@ -1,0 +1,77 @@
+"""The training pipeline shared by the CLI, the benchmarks and the notebooks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefroute._logging import logger
+from prefroute.data.aliases import ModelAliases
+from prefroute.data.battles import Battles
+from prefroute.data.cleaning import clean_battles
+from prefroute.data.decontaminate import decontaminate
+from prefroute.data.loaders import apply_aliases, load_source
+from prefroute.router import make_router
+from prefroute.routers.base import WinPredictor
+
+DEFAULT_STRONG = "gpt-4-1106-preview"
+DEFAULT_WEAK = "mixtral-8x7b-instruct-v0.1"
+DEFAULT_TRAINING_MIX = ("alpaca_eval", "golden:mmlu_pro")
+
+
+def load_training_battles(
+    sources: Sequence[str],
+    data_dir: str | Path | None,
+    *,
+    strong_model: str = DEFAULT_STRONG,
+    weak_model: str = DEFAULT_WEAK,
+    aliases: ModelAliases | None = None,
+    clean: bool = True,
+    eval_prompts: Sequence[str] | None = None,
+    embedder: str | dict = "wordllama",
+    contamination_threshold: float = 0.95,
+) -> Battles:
+    """Battles from named sources and/or files, names canonicalised, cleaned, decontaminated.
+
+    Golden sources (``golden:<table>``) are relabelled to the router's strong/weak pair, so
+    "the benchmark's strong model beat its weak model" teaches the router's pair.
+    """
+    aliases = aliases or ModelAliases()
+    strong = aliases.canonical(strong_model)
+    weak = aliases.canonical(weak_model)
+    parts = []
+    for source in sources:
+        battles = load_source(source, data_dir or ".", golden_as=(strong, weak))
+        battles = apply_aliases(battles, aliases, file=source)
+        logger.info("source %s: %d battles", source, len(battles))
+        parts.append(battles)
+    battles = Battles.concat(parts)
+    if clean:
+        battles = clean_battles(battles)
+    if eval_prompts:
+        battles, report = decontaminate(
+            battles, list(eval_prompts), embedder=embedder, threshold=contamination_threshold
+        )
+        logger.info("decontamination removed %d battles", len(report))
+    return battles
+
+
+def train_router(
+    name: str,
+    battles: Battles,
+    *,
+    strong_model: str = DEFAULT_STRONG,
+    weak_model: str = DEFAULT_WEAK,
+    aliases: ModelAliases | None = None,
+    **params: Any,
+) -> WinPredictor:
+    """Fit the router ``name`` (see ``prefroute.routers.ROUTERS``) on ``battles``."""
+    aliases = aliases or ModelAliases()
+    predictor = make_router(
+        name,
+        strong_model=aliases.canonical(strong_model),
+        weak_model=aliases.canonical(weak_model),
+        **params,
+    )
+    return predictor.fit(battles)
