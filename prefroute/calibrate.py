@@ -20,15 +20,28 @@ def threshold_for_strong_rate(strong_win_prob: np.ndarray, strong_rate: float) -
     weak probability so small numeric noise does not move the realised rate.
     """
     check_range("strong_rate", "threshold_for_strong_rate", strong_rate, low=0.0, high=1.0)
-    p = np.sort(np.asarray(strong_win_prob, dtype=np.float64))[::-1]
-    if len(p) == 0:
-        raise ConfigError("cannot calibrate on an empty prompt set")
+    p = np.sort(_checked_probs(strong_win_prob))[::-1]
     k = int(round(strong_rate * len(p)))
     if k == 0:
         return float(np.nextafter(p[0], np.inf))
     if k == len(p):
         return float(p[-1])
-    return float((p[k - 1] + p[k]) / 2.0) if p[k - 1] > p[k] else float(p[k - 1])
+    if p[k - 1] == p[k]:
+        return float(p[k - 1])
+    middle = (p[k - 1] + p[k]) / 2.0
+    # for neighbouring floats the midpoint rounds onto one of them: keep p[k] out
+    return float(middle if middle > p[k] else p[k - 1])
+
+
+def _checked_probs(strong_win_prob: np.ndarray) -> np.ndarray:
+    p = np.asarray(strong_win_prob, dtype=np.float64)
+    if p.ndim != 1:
+        raise ConfigError(f"strong_win_prob must be a 1-D array; got shape {p.shape}")
+    if len(p) == 0:
+        raise ConfigError("cannot calibrate on an empty prompt set")
+    if not np.isfinite(p).all():
+        raise ConfigError(f"strong_win_prob has {int((~np.isfinite(p)).sum())} NaN/inf values")
+    return p
 
 
 @dataclass
@@ -51,17 +64,22 @@ class Prices:
         for name, value in asdict(self).items():
             check_range(name, "Prices", value, low=0.0)
         if self.strong_total_is_zero():
-            raise ConfigError("Prices: the strong model costs nothing; give per-call or per-token prices")
+            raise ConfigError(
+                "Prices: the strong model costs nothing; give per-call or per-token prices"
+            )
 
     def strong_total_is_zero(self) -> bool:
-        return self.strong_per_call == 0 and self.strong_per_1k_input == 0 and self.strong_per_1k_output == 0
+        return (self.strong_per_call == 0 and self.strong_per_1k_input == 0
+                and self.strong_per_1k_output == 0)
 
     def per_prompt(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Estimated (strong, weak) dollar cost of each prompt."""
         tokens = np.array([len(p) for p in prompts], dtype=np.float64) / CHARS_PER_TOKEN
         out = self.expected_output_tokens
-        strong = self.strong_per_call + (tokens * self.strong_per_1k_input + out * self.strong_per_1k_output) / 1000
-        weak = self.weak_per_call + (tokens * self.weak_per_1k_input + out * self.weak_per_1k_output) / 1000
+        strong = self.strong_per_call + (
+            tokens * self.strong_per_1k_input + out * self.strong_per_1k_output) / 1000
+        weak = self.weak_per_call + (
+            tokens * self.weak_per_1k_input + out * self.weak_per_1k_output) / 1000
         return strong, weak
 
 
@@ -104,12 +122,15 @@ def calibrate_budget(
     """
     if (per_1k_requests is None) == (fraction_of_all_strong is None):
         raise ConfigError("give exactly one of per_1k_requests or fraction_of_all_strong")
-    p = np.asarray(strong_win_prob, dtype=np.float64)
+    p = _checked_probs(strong_win_prob)
     if len(p) != len(prompts):
         raise ConfigError(f"{len(p)} probabilities for {len(prompts)} prompts")
     strong_cost, weak_cost = prices.per_prompt(prompts)
     n = len(p)
     order = np.argsort(-p, kind="stable")
+    # a threshold sends a whole tie group to strong: only counts at group boundaries exist
+    p_desc = p[order]
+    realisable = np.r_[True, p_desc[:-1] > p_desc[1:], True]
     # cost of routing the top-k prompts to strong, for k = 0..n, per 1k requests
     totals = weak_cost.sum() + np.concatenate([[0.0], np.cumsum((strong_cost - weak_cost)[order])])
     per_1k = totals / n * 1000.0
@@ -120,7 +141,7 @@ def calibrate_budget(
         check_range("fraction_of_all_strong", "calibrate_budget", fraction_of_all_strong, low=0.0)
         limit = fraction_of_all_strong * strong_cost.sum() / n * 1000.0
         budget = {"fraction_of_all_strong": fraction_of_all_strong}
-    affordable = np.flatnonzero(per_1k <= limit + 1e-12)
+    affordable = np.flatnonzero((per_1k <= limit + 1e-12) & realisable)
     if len(affordable) == 0:
         raise ConfigError(
             f"the budget ({limit:.4f} $ per 1k requests) is below the all-weak cost "

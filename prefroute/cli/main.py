@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from prefroute.cli.augment import app as augment_app
 from prefroute.cli.benchmark import benchmark
 from prefroute.cli.calibrate import calibrate
 from prefroute.cli.common import setup_logging
@@ -39,6 +40,7 @@ app.command()(score)
 app.command()(calibrate)
 app.command(name="eval")(evaluate)
 app.command()(benchmark)
+app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")
 
 
 def main() -> None:

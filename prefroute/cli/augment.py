@@ -1,0 +1,400 @@
+"""`prefroute augment`: more training battles from golden labels or an LLM judge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from data_aug.costs import PriceTable
+from data_aug.endpoints import EndpointConfig, RetryPolicy
+from data_aug.golden import golden_from_answers, golden_from_table
+from data_aug.items import PromptItem, prompt_id, read_outputs, read_prompts
+from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
+from prefroute._logging import logger
+from prefroute.cli.common import resolve_data_dir
+from prefroute.data.outcomes import load_outcomes
+from prefroute.errors import ConfigError, DataError
+
+app = typer.Typer(
+    help="Make training battles: golden labels from known answers, or judge labels from an "
+    "LLM judge behind any OpenAI-compatible endpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _parse_where(where: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for spec in where:
+        field, sep, value = spec.partition("=")
+        if not sep or not field:
+            raise ConfigError(f"--where must look like FIELD=VALUE; got {spec!r}")
+        out.setdefault(field, []).append(value)
+    return out
+
+
+@app.command()
+def golden(
+    out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
+    strong: str = typer.Option(..., "--strong", help="strong model (model_a) as named in the data"),
+    weak: str = typer.Option(..., "--weak", help="weak model (model_b) as named in the data"),
+    table: str | None = typer.Option(
+        None,
+        "--table",
+        help="stored correctness table: mmlu, gsm8k, mt-bench, mmlu_pro, routerbench",
+    ),
+    answers: Path | None = typer.Option(
+        None,
+        "--answers",
+        help="raw answers instead of a table: .jsonl/.csv/.parquet rows {prompt_id, prompt, model, "
+        "output, answer (optional)}",
+    ),
+    gold: Path | None = typer.Option(
+        None, "--gold", help="gold answers {prompt_id, answer} for --answers"
+    ),
+    gold_field: str = typer.Option("answer", "--gold-field", help="field holding the gold answer"),
+    kind: str = typer.Option(
+        "choice", "--kind", help="answer kind for --answers: choice (A-J) or number"
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="folder in the shared/data layout"
+    ),
+    ties: str = typer.Option(
+        "keep", "--ties", help="keep or drop items both models got equally right"
+    ),
+    rename_strong: str | None = typer.Option(
+        None, "--rename-strong", help="strong model's name in the battles"
+    ),
+    rename_weak: str | None = typer.Option(
+        None, "--rename-weak", help="weak model's name in the battles"
+    ),
+    ids_file: Path | None = typer.Option(
+        None, "--ids-file", help="keep only these item ids (one a line)"
+    ),
+    where: list[str] = typer.Option(
+        [],
+        "--where",
+        help="keep items whose per-item field has this value, e.g. category=math (repeat)",
+    ),
+) -> None:
+    """Golden-label battles: strong right & weak wrong -> strong wins, and so on.
+
+    Example: prefroute augment golden --table mmlu_pro --strong gpt-4o-2024-05-13
+    --weak Mixtral-8x7B-Instruct-v0.1 --rename-strong gpt-4-1106-preview
+    --rename-weak mixtral-8x7b-instruct-v0.1 --ties drop --out golden_mmlu_pro.jsonl
+    """
+    if (table is None) == (answers is None):
+        raise ConfigError(
+            "give exactly one of --table (stored correctness) or --answers (raw answers)"
+        )
+    if ties not in ("keep", "drop"):
+        raise ConfigError(f"--ties must be keep or drop; got {ties!r}")
+    if answers is not None:
+        if ids_file is not None or where:
+            raise ConfigError("--ids-file and --where apply to --table only")
+        battles = golden_from_answers(
+            answers,
+            strong,
+            weak,
+            kind,
+            gold_path=gold,
+            gold_field=gold_field,
+            ties=ties,
+            strong_name=rename_strong,
+            weak_name=rename_weak,
+        )
+    else:
+        outcomes = load_outcomes(table, resolve_data_dir(data_dir))
+        ids = None
+        if ids_file is not None:
+            if not ids_file.exists():
+                raise DataError("file not found", file=str(ids_file))
+            ids = [
+                line.strip()
+                for line in ids_file.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+        battles = golden_from_table(
+            outcomes,
+            strong,
+            weak,
+            ties=ties,
+            strong_name=rename_strong,
+            weak_name=rename_weak,
+            ids=ids,
+            meta=_parse_where(where) or None,
+        )
+    if len(battles) == 0:
+        raise DataError("no battles left: every item lacked a result or was filtered out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    battles.write(out)
+    winners = battles.column("winner")
+    counts = {w: winners.count(w) for w in ("model_a", "model_b", "tie")}
+    typer.echo(
+        f"wrote {len(battles):,} golden battles to {out} "
+        f"(strong wins {counts['model_a']:,}, weak wins {counts['model_b']:,}, "
+        f"ties {counts['tie']:,})"
+    )
+
+
+def _endpoint(
+    model: str | None,
+    base_url: str | None,
+    key_env: str | None,
+    max_tokens: int,
+    temperature: float,
+    timeout: float,
+    role: str,
+) -> EndpointConfig | None:
+    if base_url is None:
+        if model is not None:
+            raise ConfigError(
+                f"--{role}-model needs --{role}-base-url (or use --outputs with "
+                f"--{role}-name for stored answers)"
+            )
+        return None
+    if model is None:
+        raise ConfigError(f"--{role}-base-url needs --{role}-model")
+    return EndpointConfig(
+        model=model,
+        base_url=base_url,
+        api_key_env=key_env,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        timeout_s=timeout,
+    )
+
+
+def _stored(
+    outputs: dict[str, dict[str, str]], items: list[PromptItem], model: str, file: Path
+) -> dict[str, str]:
+    if model not in outputs:
+        raise DataError(
+            f"model {model!r} has no outputs; the file has {sorted(outputs)}",
+            file=str(file),
+            field="model",
+        )
+    answers = dict(outputs[model])
+    # also reachable by content hash, for prompt files without the outputs' prompt ids
+    for item in items:
+        if item.item_id in answers:
+            answers.setdefault(prompt_id(item.prompt), answers[item.item_id])
+    return answers
+
+
+@app.command()
+def judge(
+    out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
+    judge_model: str = typer.Option(
+        ..., "--judge-model", help="the judge model's name at its endpoint"
+    ),
+    judge_base_url: str = typer.Option(
+        ..., "--judge-base-url", help="e.g. https://api.openai.com/v1"
+    ),
+    judge_api_key_env: str | None = typer.Option(
+        None,
+        "--judge-api-key-env",
+        help="env var holding the judge's API key (none: keyless server)",
+    ),
+    judge_max_tokens: int = typer.Option(1024, "--judge-max-tokens"),
+    prompts: Path | None = typer.Option(
+        None,
+        "--prompts",
+        help="prompts: .txt (one a line) or .jsonl/.csv/.parquet with 'prompt' "
+        "(and optional 'prompt_id'); default: the prompts of --outputs",
+    ),
+    prompt_field: str = typer.Option("prompt", "--prompt-field"),
+    strong_model: str | None = typer.Option(None, "--strong-model", help="generate strong answers"),
+    strong_base_url: str | None = typer.Option(None, "--strong-base-url"),
+    strong_api_key_env: str | None = typer.Option(None, "--strong-api-key-env"),
+    weak_model: str | None = typer.Option(None, "--weak-model", help="generate weak answers"),
+    weak_base_url: str | None = typer.Option(None, "--weak-base-url"),
+    weak_api_key_env: str | None = typer.Option(None, "--weak-api-key-env"),
+    max_tokens: int = typer.Option(
+        1024, "--max-tokens", help="answer length limit (generated sides)"
+    ),
+    temperature: float = typer.Option(
+        0.0, "--temperature", help="sampling temperature (generated sides)"
+    ),
+    outputs: Path | None = typer.Option(
+        None,
+        "--outputs",
+        help="stored answers {prompt_id, prompt, model, output} (AlpacaEval layout)",
+    ),
+    strong_name: str | None = typer.Option(None, "--strong-name", help="strong model in --outputs"),
+    weak_name: str | None = typer.Option(None, "--weak-name", help="weak model in --outputs"),
+    rename_strong: str | None = typer.Option(
+        None, "--rename-strong", help="strong model's name in the battles"
+    ),
+    rename_weak: str | None = typer.Option(
+        None, "--rename-weak", help="weak model's name in the battles"
+    ),
+    journal: Path | None = typer.Option(
+        None, "--journal", help="resumable run journal (default: OUT.journal.jsonl)"
+    ),
+    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight at most"),
+    max_cost: float | None = typer.Option(
+        None,
+        "--max-cost",
+        help="USD for the whole journal (all runs): stop launching items once spent + "
+        "in-flight estimates would pass it; finished items are kept",
+    ),
+    price: list[str] = typer.Option(
+        [], "--price", help="MODEL=IN:OUT in USD per 1M input:output tokens (repeat per model)"
+    ),
+    prices_file: Path | None = typer.Option(
+        None, "--prices", help="JSON file: model -> list IN, OUT (USD per 1M tokens)"
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds per request"),
+    max_attempts: int = typer.Option(
+        6, "--max-attempts", help="tries per request on 429/5xx/timeouts"
+    ),
+    backoff: float = typer.Option(
+        1.0, "--backoff", help="base backoff in seconds (doubles per retry, jittered)"
+    ),
+    max_backoff: float = typer.Option(60.0, "--max-backoff"),
+    max_verdict_attempts: int = typer.Option(
+        3, "--max-verdict-attempts", help="asks per order when the verdict is malformed"
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="re-attempt items recorded as failed"
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="label only the first N prompts"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the estimated cost, call nothing"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+) -> None:
+    """Judge-labelled battles: a judge compares strong vs weak answers, in both orders.
+
+    Each side's answers come from an endpoint (--strong-model/--strong-base-url) or stored
+    outputs (--outputs with --strong-name). Interrupted runs resume from --journal without
+    paying twice. Example: prefroute augment judge --outputs outputs.jsonl
+    --strong-name gpt4_1106_preview --weak-name Mixtral-8x7B-Instruct-v0.1_concise
+    --judge-model gpt-4o --judge-base-url https://api.openai.com/v1
+    --judge-api-key-env OPENAI_API_KEY --price gpt-4o=2.5:10 --max-cost 5 --out judged.jsonl
+    """
+    strong_ep = _endpoint(
+        strong_model,
+        strong_base_url,
+        strong_api_key_env,
+        max_tokens,
+        temperature,
+        timeout,
+        "strong",
+    )
+    weak_ep = _endpoint(
+        weak_model, weak_base_url, weak_api_key_env, max_tokens, temperature, timeout, "weak"
+    )
+    judge_ep = EndpointConfig(
+        model=judge_model,
+        base_url=judge_base_url,
+        api_key_env=judge_api_key_env,
+        max_tokens=judge_max_tokens,
+        temperature=0.0,
+        timeout_s=timeout,
+    )
+    stored: dict[str, dict[str, str]] = {}
+    output_items: list[PromptItem] = []
+    if outputs is not None:
+        output_items, stored = read_outputs(outputs)
+    elif strong_ep is None or weak_ep is None:
+        raise ConfigError(
+            "each side needs answers: --strong-model/--strong-base-url or --outputs "
+            "with --strong-name (same for weak)"
+        )
+    if prompts is not None:
+        items = read_prompts(prompts, prompt_field=prompt_field)
+    elif outputs is not None:
+        items = output_items
+    else:
+        raise ConfigError("give --prompts (or --outputs, whose prompts are used)")
+
+    sides = []
+    for role, ep, stored_name, rename in (
+        ("strong", strong_ep, strong_name, rename_strong),
+        ("weak", weak_ep, weak_name, rename_weak),
+    ):
+        if ep is not None:
+            if stored_name is not None:
+                raise ConfigError(
+                    f"--{role}-name is for stored outputs; --{role}-model already "
+                    "generates this side"
+                )
+            sides.append(Side(rename or ep.model, endpoint=ep))
+        else:
+            if outputs is None or stored_name is None:
+                raise ConfigError(
+                    f"the {role} side needs --{role}-model/--{role}-base-url or "
+                    f"--outputs with --{role}-name"
+                )
+            sides.append(
+                Side(rename or stored_name, outputs=_stored(stored, items, stored_name, outputs))
+            )
+    before = len(items)
+    items = [i for i in items if all(s.outputs is None or i.item_id in s.outputs for s in sides)]
+    if len(items) < before:
+        logger.warning(
+            "judge: %d of %d prompts lack a stored output of a side; skipped",
+            before - len(items),
+            before,
+        )
+        typer.echo(f"skipping {before - len(items):,} prompts without stored outputs", err=True)
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise DataError("no prompts to label")
+
+    config = JudgeRunConfig(
+        judge=judge_ep,
+        strong=sides[0],
+        weak=sides[1],
+        journal_path=journal or out.with_name(out.name + ".journal.jsonl"),
+        prices=PriceTable.parse(price, prices_file),
+        max_cost=max_cost,
+        concurrency=concurrency,
+        retry=RetryPolicy(max_attempts=max_attempts, base_delay_s=backoff, max_delay_s=max_backoff),
+        max_verdict_attempts=max_verdict_attempts,
+        retry_failed=retry_failed,
+        progress=not no_progress,
+    )
+    if dry_run:
+        estimate = estimate_run(config, items)
+        typer.echo(
+            f"dry run: {len(items) - estimate.items:,} of {len(items):,} prompts already "
+            f"finished in {config.journal_path}"
+        )
+        for line in estimate.lines():
+            typer.echo(line)
+        return
+    report = run_judge(items, config)
+    for line in report.lines():
+        typer.echo(line)
+    if report.battles is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report.battles.write(out)
+        typer.echo(
+            f"wrote {len(report.battles):,} battles to {out} (journal: {config.journal_path})"
+        )
+    else:
+        typer.echo(f"no battles yet (journal: {config.journal_path})")
+    if report.failures:
+        reasons: dict[str, int] = {}
+        for f in report.failures:
+            reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+        top = "; ".join(f"{r} x{n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3])
+        typer.echo(
+            f"{len(report.failures):,} prompts failed ({top}); --retry-failed tries them again"
+        )
+
+
+if __name__ == "__main__":  # `python -m prefroute.cli.augment`, as the main CLI would run it
+    import sys
+
+    from prefroute.errors import PrefrouteError
+
+    try:
+        app()
+    except PrefrouteError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
