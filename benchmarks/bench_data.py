@@ -61,11 +61,11 @@ def main() -> None:
     print("| method | load (s) | clean (s) | embed (s) | total (s) |")
     print("|---|---|---|---|---|")
     for name, med in rows:
-        print(
-            f"| {name} | {med['load']:.2f} | {med['clean']:.2f} | {med['embed']:.2f} | {med['total']:.2f} |"
-        )
+        cells = " | ".join(f"{med[k]:.2f}" for k in ("load", "clean", "embed", "total"))
+        print(f"| {name} | {cells} |")
     print(
-        f"\nratio straightforward / prefroute total: {rows[1][1]['total'] / rows[0][1]['total']:.1f}x "
+        "\nratio straightforward / prefroute total: "
+        f"{rows[1][1]['total'] / rows[0][1]['total']:.1f}x "
         f"(median of {args.repeats} runs; target total < 5 s)"
     )
 

@@ -4,10 +4,13 @@ from prefroute.calibrate import Calibration, Prices, calibrate_budget, calibrate
 from prefroute.data.battles import Battles
 from prefroute.router import Router, load_router, make_router
 from prefroute.routers.base import WinPredictor
+from prefroute.serve.controller import AsyncController, Controller
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncController",
+    "Controller",
     "Battles",
     "Calibration",
     "Prices",

@@ -69,17 +69,24 @@ class Prices:
             )
 
     def strong_total_is_zero(self) -> bool:
-        return (self.strong_per_call == 0 and self.strong_per_1k_input == 0
-                and self.strong_per_1k_output == 0)
+        return (
+            self.strong_per_call == 0
+            and self.strong_per_1k_input == 0
+            and self.strong_per_1k_output == 0
+        )
 
     def per_prompt(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Estimated (strong, weak) dollar cost of each prompt."""
         tokens = np.array([len(p) for p in prompts], dtype=np.float64) / CHARS_PER_TOKEN
         out = self.expected_output_tokens
-        strong = self.strong_per_call + (
-            tokens * self.strong_per_1k_input + out * self.strong_per_1k_output) / 1000
-        weak = self.weak_per_call + (
-            tokens * self.weak_per_1k_input + out * self.weak_per_1k_output) / 1000
+        strong = (
+            self.strong_per_call
+            + (tokens * self.strong_per_1k_input + out * self.strong_per_1k_output) / 1000
+        )
+        weak = (
+            self.weak_per_call
+            + (tokens * self.weak_per_1k_input + out * self.weak_per_1k_output) / 1000
+        )
         return strong, weak
 
 

@@ -13,6 +13,7 @@ from prefroute.cli.calibrate import calibrate
 from prefroute.cli.common import setup_logging
 from prefroute.cli.evaluate import evaluate
 from prefroute.cli.score import score
+from prefroute.cli.serve import serve
 from prefroute.cli.train import train
 from prefroute.errors import PrefrouteError
 
@@ -40,6 +41,7 @@ app.command()(score)
 app.command()(calibrate)
 app.command(name="eval")(evaluate)
 app.command()(benchmark)
+app.command()(serve)
 app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")
 
 

@@ -55,7 +55,9 @@ class OutcomeTable:
                 f"{self.name}: scores have shape {self.scores.shape}, expected ({n}, {m})"
             )
         if self.costs is not None and self.costs.shape != (n, m):
-            raise DataError(f"{self.name}: costs have shape {self.costs.shape}, expected ({n}, {m})")
+            raise DataError(
+                f"{self.name}: costs have shape {self.costs.shape}, expected ({n}, {m})"
+            )
         if len(self.ids) != n:
             raise DataError(f"{self.name}: {len(self.ids)} ids for {n} prompts")
 
@@ -119,7 +121,9 @@ def _bool_cell(value: str, path: str, row: int, field_name: str) -> float:
         return 0.0
     if v == "":
         return np.nan
-    raise DataError(f"expected True/False or 0/1, got {value!r}", file=path, row=row, field=field_name)
+    raise DataError(
+        f"expected True/False or 0/1, got {value!r}", file=path, row=row, field=field_name
+    )
 
 
 def _float_cell(value: str, path: str, row: int, field_name: str) -> float:
@@ -151,7 +155,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list
     return header, rows
 
 
-def _correctness_csv(path: Path, models: Sequence[str]) -> tuple[list[str], np.ndarray, list[list[str]]]:
+def _correctness_csv(
+    path: Path, models: Sequence[str]
+) -> tuple[list[str], np.ndarray, list[list[str]]]:
     header, rows = _read_csv(path, ["prompt", *models])
     prompt_col = header.index("prompt")
     cols = [header.index(m) for m in models]
@@ -182,7 +188,9 @@ def load_routellm_mmlu(data_dir: str | Path) -> OutcomeTable:
         ids += [f"{subject}/{i}" for i in range(len(p))]
         subjects += [subject] * len(p)
         parts.append(s)
-    return OutcomeTable("mmlu", prompts, ids, models, np.concatenate(parts), meta={"subject": subjects})
+    return OutcomeTable(
+        "mmlu", prompts, ids, models, np.concatenate(parts), meta={"subject": subjects}
+    )
 
 
 def load_routellm_gsm8k(data_dir: str | Path) -> OutcomeTable:
@@ -223,7 +231,10 @@ def load_routellm_mt_bench(data_dir: str | Path) -> OutcomeTable:
     with np.errstate(invalid="ignore"):
         scores = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     prompts = [q["turns"][0] for q in questions]
-    meta = {"category": [q.get("category") for q in questions], "turns": [q["turns"] for q in questions]}
+    meta = {
+        "category": [q.get("category") for q in questions],
+        "turns": [q["turns"] for q in questions],
+    }
     return OutcomeTable("mt-bench", prompts, [str(q) for q in qids], models, scores, meta=meta)
 
 
@@ -248,8 +259,12 @@ def load_mmlu_pro(data_dir: str | Path) -> OutcomeTable:
         line = i + 2
         qid = r[0]
         if qid not in by_id:
-            raise DataError(f"question_id {qid} not in questions.jsonl", file=str(path), row=line,
-                            field="question_id")
+            raise DataError(
+                f"question_id {qid} not in questions.jsonl",
+                file=str(path),
+                row=line,
+                field="question_id",
+            )
         q = by_id[qid]
         prompts.append(format_mmlu_pro_prompt(q["question"], q["options"]))
         ids.append(qid)
@@ -257,7 +272,9 @@ def load_mmlu_pro(data_dir: str | Path) -> OutcomeTable:
         src.append(q.get("src"))
         for j, cell in enumerate(r[1:]):
             scores[i, j] = _bool_cell(cell, str(path), line, models[j])
-    return OutcomeTable("mmlu_pro", prompts, ids, models, scores, meta={"category": category, "src": src})
+    return OutcomeTable(
+        "mmlu_pro", prompts, ids, models, scores, meta={"category": category, "src": src}
+    )
 
 
 ROUTERBENCH_FILES = ("arc_challenge.csv", "mbpp.csv", "winograde.csv")
@@ -273,8 +290,9 @@ def _routerbench_prompt(cell: str, path: str, row: int) -> str:
             try:
                 turns = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                raise DataError("prompt is neither text nor a list of turns", file=path, row=row,
-                                field="prompt") from None
+                raise DataError(
+                    "prompt is neither text nor a list of turns", file=path, row=row, field="prompt"
+                ) from None
         if not turns or not isinstance(turns[0], str):
             raise DataError("empty list of turns", file=path, row=row, field="prompt")
         text = turns[0]
@@ -283,7 +301,9 @@ def _routerbench_prompt(cell: str, path: str, row: int) -> str:
     return text
 
 
-def load_routerbench(data_dir: str | Path, files: Sequence[str] = ROUTERBENCH_FILES) -> OutcomeTable:
+def load_routerbench(
+    data_dir: str | Path, files: Sequence[str] = ROUTERBENCH_FILES
+) -> OutcomeTable:
     """RouterBench rows: per prompt a 0/1 score and the dollar cost of each of 11 models."""
     folder = Path(data_dir) / "routerbench_subset"
     models: list[str] | None = None
@@ -302,7 +322,11 @@ def load_routerbench(data_dir: str | Path, files: Sequence[str] = ROUTERBENCH_FI
             if f"{m}|total_cost" not in header:
                 raise DataError("missing cost column", file=str(path), field=f"{m}|total_cost")
             cost_cols.append(header.index(f"{m}|total_cost"))
-        oracle_col = header.index("oracle_model_to_route_to") if "oracle_model_to_route_to" in header else None
+        oracle_col = (
+            header.index("oracle_model_to_route_to")
+            if "oracle_model_to_route_to" in header
+            else None
+        )
         s = np.empty((len(rows), len(models)))
         c = np.empty((len(rows), len(models)))
         for i, r in enumerate(rows):
@@ -330,8 +354,9 @@ def load_routerbench(data_dir: str | Path, files: Sequence[str] = ROUTERBENCH_FI
 
 def load_contaminated_prompts(data_dir: str | Path, benchmark: str) -> set[str]:
     """Eval prompts RouteLLM found too close to its training data (excluded from its numbers)."""
-    folder = {"mmlu": "mmlu", "gsm8k": "gsm8k", "mt-bench": "mt_bench",
-              "mt_bench": "mt_bench"}.get(benchmark)
+    folder = {"mmlu": "mmlu", "gsm8k": "gsm8k", "mt-bench": "mt_bench", "mt_bench": "mt_bench"}.get(
+        benchmark
+    )
     if folder is None:
         return set()
     path = Path(data_dir) / "routellm_evals" / folder / "contaminated_prompts.jsonl"

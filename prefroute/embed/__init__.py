@@ -6,6 +6,7 @@ scikit-learn, wordllama) are imported when an embedder first encodes.
 
 from prefroute.embed.base import EMBEDDERS, Embedder, build_embedder, register_embedder
 from prefroute.embed.cache import CachedEmbedder
+from prefroute.embed.features import FeatureAugmentedEmbedder, surface_features
 from prefroute.embed.minilm import SentenceTransformerEmbedder
 from prefroute.embed.openai_embedder import OpenAIEmbedder
 from prefroute.embed.tfidf import TfidfEmbedder
@@ -18,10 +19,12 @@ __all__ = [
     "EMBEDDERS",
     "CachedEmbedder",
     "Embedder",
+    "FeatureAugmentedEmbedder",
     "OpenAIEmbedder",
     "SentenceTransformerEmbedder",
     "TfidfEmbedder",
     "WordLlamaEmbedder",
     "build_embedder",
     "register_embedder",
+    "surface_features",
 ]

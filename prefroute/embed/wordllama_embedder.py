@@ -29,12 +29,6 @@ DEFAULT_CONFIG = "l2_supercat"
 _MODELS: dict[tuple[str, int, int | None], Any] = {}
 _LOCK = threading.Lock()
 
-# Texts are embedded in length-sorted chunks so padding stays small; a chunk holds at most
-# this many texts and this many characters of padded input (about 4 characters a token, so
-# ~128k tokens x 1 KiB per 256-d token vector bounds a chunk's working memory).
-_CHUNK_TEXTS = 64
-_CHUNK_CHARS = 512_000
-
 
 def wordllama_package_dir() -> Path:
     """The folder of the installed ``wordllama`` package, found without importing it."""
@@ -146,19 +140,43 @@ class WordLlamaEmbedder(Embedder):
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         model = _load_model(self.config, self._dim, self.max_tokens)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self._dim), dtype=np.float32)
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            # Sorted ascending, so the last text of a chunk is its longest.
-            while (
-                stop < len(order)
-                and stop - start < _CHUNK_TEXTS
-                and (stop - start + 1) * len(texts[order[stop]]) <= _CHUNK_CHARS
-            ):
-                stop += 1
-            idx = order[start:stop]
-            out[idx] = model.embed([texts[i] for i in idx], norm=False, batch_size=len(idx))
-            start = stop
-        return out
+        tokenizer = _unpadded_tokenizer(model, self.max_tokens)
+        if len(texts) == 1:
+            ids = [tokenizer.encode(texts[0], add_special_tokens=False).ids]
+        else:
+            ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        return _mean_of_token_vectors(model.embedding, ids)
+
+
+def _unpadded_tokenizer(model: Any, max_tokens: int | None) -> Any:
+    """A copy of WordLlama's tokenizer without padding, built once per model.
+
+    WordLlama pads every batch to its longest text and averages under a mask; averaging
+    each text's own token vectors gives the same numbers without the padded work.
+    """
+    tokenizer = getattr(model, "_prefroute_unpadded", None)
+    if tokenizer is None:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(model.tokenizer.to_str())
+        tokenizer.no_padding()
+        if max_tokens is not None:
+            tokenizer.enable_truncation(max_tokens)
+        else:
+            tokenizer.no_truncation()
+        model._prefroute_unpadded = tokenizer
+    return tokenizer
+
+
+def _mean_of_token_vectors(table: np.ndarray, ids: list[list[int]]) -> np.ndarray:
+    """Mean of ``table`` rows per id list (an empty list gives a zero vector)."""
+    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(lengths.sum()))
+    np.clip(flat, 0, table.shape[0] - 1, out=flat)
+    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
+    nonempty = lengths > 0
+    if nonempty.any():
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
+        sums = np.add.reduceat(table[flat], starts, axis=0)
+        out[nonempty] = sums / lengths[nonempty, None]
+    return out

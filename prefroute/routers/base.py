@@ -8,6 +8,7 @@ batching and the checkpoint format, so every router saves and loads the same way
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -22,6 +23,16 @@ from prefroute.errors import CheckpointError, ConfigError
 
 ROUTERS: dict[str, type[WinPredictor]] = {}
 
+# Built-in routers are imported on first use, so `import prefroute` stays free of torch and
+# transformers; third-party routers register themselves with @register_router.
+BUILTIN_ROUTERS = {
+    "random": "prefroute.routers.random_router",
+    "sw_bt": "prefroute.routers.sw_bt",
+    "mf": "prefroute.routers.mf",
+    "bert": "prefroute.routers.bert",
+    "causal_llm": "prefroute.routers.causal_llm",
+}
+
 
 def register_router(cls: type[WinPredictor]) -> type[WinPredictor]:
     """Class decorator: make ``cls`` loadable by its ``router_type``."""
@@ -30,11 +41,12 @@ def register_router(cls: type[WinPredictor]) -> type[WinPredictor]:
 
 
 def router_class(name: str) -> type[WinPredictor]:
-    """The class registered under ``name`` (importing the built-in routers first)."""
-    import prefroute.routers  # noqa: F401 - fills the registry
-
+    """The class registered under ``name`` (a built-in router's module is imported on demand)."""
+    if name not in ROUTERS and name in BUILTIN_ROUTERS:
+        importlib.import_module(BUILTIN_ROUTERS[name])
     if name not in ROUTERS:
-        raise ConfigError(f"unknown router {name!r}; known routers: {sorted(ROUTERS)}")
+        known = sorted(set(ROUTERS) | set(BUILTIN_ROUTERS))
+        raise ConfigError(f"unknown router {name!r}; known routers: {known}")
     return ROUTERS[name]
 
 

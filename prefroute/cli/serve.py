@@ -1,0 +1,109 @@
+"""`prefroute serve`: an OpenAI-compatible server that routes each request to strong or weak."""
+
+from __future__ import annotations
+
+import socket
+
+import typer
+
+from prefroute.errors import ConfigError
+from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {e.strerror} (pick another --port)"
+            ) from None
+
+
+@app.command()
+def serve(
+    checkpoints: list[str] = typer.Argument(
+        ..., help="router checkpoint folders, as PATH or NAME=PATH (served as model router-NAME)"
+    ),
+    strong_model: str = typer.Option(
+        None, "--strong-model", help="upstream strong model (default: the router's)"
+    ),
+    strong_base_url: str = typer.Option(
+        DEFAULT_BASE_URL, "--strong-base-url", help="OpenAI-compatible URL"
+    ),
+    strong_api_key_env: str = typer.Option(
+        None,
+        "--strong-api-key-env",
+        help="NAME of the env variable with the strong key (default OPENAI_API_KEY)",
+    ),
+    weak_model: str = typer.Option(
+        None, "--weak-model", help="upstream weak model (default: the router's)"
+    ),
+    weak_base_url: str = typer.Option(
+        DEFAULT_BASE_URL, "--weak-base-url", help="OpenAI-compatible URL"
+    ),
+    weak_api_key_env: str = typer.Option(
+        None,
+        "--weak-api-key-env",
+        help="NAME of the env variable with the weak key (default OPENAI_API_KEY)",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(6060, "--port"),
+    routing_text: str = typer.Option(
+        "last-user", "--routing-text", help="last-user or conversation"
+    ),
+    upstream_timeout: float = typer.Option(
+        60.0, "--upstream-timeout", help="seconds before an upstream call fails (504)"
+    ),
+    batch_window_ms: float = typer.Option(
+        0.0,
+        "--batch-window-ms",
+        help="extra wait to fill a routing batch (0: batch what is queued)",
+    ),
+    max_batch_size: int = typer.Option(
+        64, "--max-batch-size", help="prompts per routing batch; 1: no batching"
+    ),
+    routing_threads: int = typer.Option(
+        1, "--routing-threads", help="threads that run the routers"
+    ),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
+) -> None:
+    """Serve routers behind POST /v1/chat/completions; request model router-NAME[-THRESHOLD]."""
+    try:
+        import uvicorn
+
+        from prefroute.serve.app import create_app
+    except ImportError as e:
+        raise ConfigError(
+            f"serving needs FastAPI and uvicorn: pip install 'prefroute[serve]' ({e})"
+        ) from None
+    settings = ServeSettings(
+        routers=checkpoints,
+        strong=UpstreamSettings(
+            model=strong_model, base_url=strong_base_url, api_key_env=strong_api_key_env
+        ),
+        weak=UpstreamSettings(
+            model=weak_model, base_url=weak_base_url, api_key_env=weak_api_key_env
+        ),
+        routing_text=routing_text,
+        upstream_timeout=upstream_timeout,
+        batch_window_ms=batch_window_ms,
+        max_batch_size=max_batch_size,
+        routing_threads=routing_threads,
+        host=host,
+        port=port,
+    )
+    fastapi_app = create_app(settings)
+    _check_port_free(host, port)
+    names = ", ".join(f"router-{name}" for name in fastapi_app.state.prefroute.table.routers)
+    typer.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
+    uvicorn.run(fastapi_app, host=host, port=port, access_log=access_log, log_level="info")
+
+
+if __name__ == "__main__":
+    app()
