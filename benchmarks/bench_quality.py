@@ -74,7 +74,8 @@ def make_scorers(names: list[str], embedder, *, knn_k: int, mf_epochs: int | Non
         elif name == "knn":
             scorers.append(KnnScorer(name=f"knn-golden (k={knn_k})", k=knn_k, embedder=embedder))
         elif name == "sw_bt":
-            scorers.append(RouterScorer("sw_bt (10 tiers)", factory("sw_bt", embedder=embedder)))
+            scorers.append(RouterScorer("sw_bt (10 tiers)",
+                                        factory("sw_bt", embedder=embedder, num_tiers=10)))
         elif name == "sw_bt_models":
             # one BT strength per model: golden battles (mostly ties) pull the pair's global
             # ratings together, and 10 tiers can then put strong and weak in one tier
@@ -85,6 +86,19 @@ def make_scorers(names: list[str], embedder, *, knn_k: int, mf_epochs: int | Non
             if mf_epochs is not None:
                 params["epochs"] = mf_epochs
             scorers.append(RouterScorer("mf", factory("mf", **params)))
+        elif name in ("sw_bt_tuned", "mf_tuned"):
+            # topic + surface features, in-distribution golden battles weighted x30 against
+            # the judge battles; sw_bt also looks only at the 100 nearest training prompts
+            features = {"name": "features", "params": {"inner": embedder, "feature_weight": 1.0}}
+            params = {"embedder": features}
+            if name == "sw_bt_tuned":
+                params["top_k"] = 100
+            else:
+                params["progress"] = False
+            label = "sw_bt + features, golden x30, top-100" if name == "sw_bt_tuned" else \
+                "mf + features, golden x30"
+            scorers.append(RouterScorer(label, factory(name.split("_tuned")[0], **params),
+                                        source_weights={"golden": 30.0}))
         else:
             raise SystemExit(f"unknown router {name!r}")
     return scorers
@@ -93,7 +107,8 @@ def make_scorers(names: list[str], embedder, *, knn_k: int, mf_epochs: int | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
-    parser.add_argument("--routers", default="random,length,knn,sw_bt,sw_bt_models,mf")
+    parser.add_argument("--routers",
+                        default="random,length,knn,sw_bt,sw_bt_models,mf,sw_bt_tuned,mf_tuned")
     parser.add_argument("--protocols", default="crossfit,transfer")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--n-bootstrap", type=int, default=1000)

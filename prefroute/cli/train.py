@@ -10,7 +10,8 @@ import typer
 from prefroute.cli.common import resolve_data_dir
 from prefroute.errors import ConfigError
 from prefroute.router import Router
-from prefroute.training import load_training_battles, train_router
+from prefroute.routers.base import router_class
+from prefroute.training import load_training_battles, train_router, weight_sources
 
 
 def train(
@@ -38,6 +39,12 @@ def train(
     no_clean: bool = typer.Option(
         False, "--no-clean", help="skip short-prompt and duplicate filters"
     ),
+    source_weight: list[str] = typer.Option(
+        [],
+        "--source-weight",
+        help="PREFIX=W: multiply the weight of battles whose source starts with PREFIX, "
+        "e.g. golden=30 (repeatable)",
+    ),
 ) -> None:
     """Train a router on battle data and save it as a checkpoint.
 
@@ -58,8 +65,10 @@ def train(
         weak_model=weak_model,
         clean=not no_clean,
     )
+    if source_weight:
+        battles = weight_sources(battles, _parse_weights(source_weight))
     typer.echo(f"training {router} on {len(battles):,} battles ({len(battles.models())} models)")
-    if router not in ("random",):
+    if "embedder" in router_class(router)._param_names():
         extra.setdefault("embedder", embedder)
     predictor = train_router(
         router, battles, strong_model=strong_model, weak_model=weak_model, **extra
@@ -67,3 +76,16 @@ def train(
     training = {"sources": list(data), "n_battles": len(battles), "clean": not no_clean}
     Router(predictor, threshold, training=training).save_pretrained(out)
     typer.echo(f"saved {router} router to {out}")
+
+
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        prefix, sep, value = item.partition("=")
+        try:
+            weights[prefix] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not prefix:
+            raise ConfigError(f"--source-weight expects PREFIX=NUMBER, got {item!r}")
+    return weights

@@ -73,8 +73,13 @@ class RouterScorer(Scorer):
 
     name: str
     factory: Callable[[], WinPredictor]
+    source_weights: dict[str, float] = field(default_factory=dict)
 
     def fit(self, train: Battles) -> ProbabilityFn:
+        if self.source_weights:
+            from prefroute.training import weight_sources
+
+            train = weight_sources(train, self.source_weights)
         predictor = self.factory()
         if not isinstance(predictor, WinPredictor):
             raise ConfigError(f"the factory of {self.name!r} returned {type(predictor).__name__}, "
