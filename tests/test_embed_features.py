@@ -59,3 +59,13 @@ def test_encode_save_load_and_weight(gsm8k_prompts, tmp_path):
 def test_bad_weight_is_rejected():
     with pytest.raises(ConfigError, match="feature_weight"):
         FeatureAugmentedEmbedder(feature_weight=-1)
+
+
+def test_inner_embedder_instance_is_used_and_recorded(gsm8k_prompts, tmp_path):
+    from prefroute.embed import CachedEmbedder
+
+    cached = CachedEmbedder(build_embedder("wordllama"), tmp_path / "cache")
+    embedder = FeatureAugmentedEmbedder(inner=cached, feature_weight=1.0).fit(gsm8k_prompts[:50])
+    assert embedder.spec()["params"]["inner"] == build_embedder("wordllama").spec()
+    vectors = embedder.encode(gsm8k_prompts[:50])
+    assert cached.misses > 0 and vectors.shape[1] == 256 + len(FEATURE_NAMES)

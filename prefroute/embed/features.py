@@ -83,12 +83,16 @@ class FeatureAugmentedEmbedder(Embedder):
     needs_fit = True
 
     def __init__(
-        self, *, inner: str | dict[str, Any] = "wordllama", feature_weight: float = 0.5
+        self, *, inner: str | dict[str, Any] | Embedder = "wordllama", feature_weight: float = 0.5
     ) -> None:
         check_range("feature_weight", "FeatureAugmentedEmbedder", feature_weight, low=0.0)
-        self.inner = inner if isinstance(inner, dict) else {"name": inner, "params": {}}
+        # an instance (e.g. a CachedEmbedder) is used as is; the spec records what it embeds
+        self._inner_embedder: Embedder | None = inner if isinstance(inner, Embedder) else None
+        if isinstance(inner, Embedder):
+            self.inner = inner.spec()
+        else:
+            self.inner = inner if isinstance(inner, dict) else {"name": inner, "params": {}}
         self.feature_weight = float(feature_weight)
-        self._inner_embedder: Embedder | None = None
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
 
