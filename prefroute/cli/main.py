@@ -12,6 +12,7 @@ from prefroute.cli.benchmark import benchmark
 from prefroute.cli.calibrate import calibrate
 from prefroute.cli.common import setup_logging
 from prefroute.cli.evaluate import evaluate
+from prefroute.cli.multi import app as multi_app
 from prefroute.cli.score import score
 from prefroute.cli.serve import serve
 from prefroute.cli.train import train
@@ -42,6 +43,7 @@ app.command()(calibrate)
 app.command(name="eval")(evaluate)
 app.command()(benchmark)
 app.command()(serve)
+app.add_typer(multi_app, name="multi", help="Route among N LLMs: train and evaluate.")
 app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")
 
 
