@@ -4,7 +4,6 @@ from prefroute.calibrate import Calibration, Prices, calibrate_budget, calibrate
 from prefroute.data.battles import Battles
 from prefroute.router import Router, load_router, make_router
 from prefroute.routers.base import WinPredictor
-from prefroute.serve.controller import AsyncController, Controller
 
 __version__ = "0.1.0"
 
@@ -21,3 +20,12 @@ __all__ = [
     "load_router",
     "make_router",
 ]
+
+
+def __getattr__(name: str):
+    # the clients pull in openai and httpx: import them only when asked for
+    if name in ("Controller", "AsyncController"):
+        from prefroute.serve import controller
+
+        return getattr(controller, name)
+    raise AttributeError(f"module 'prefroute' has no attribute {name!r}")
