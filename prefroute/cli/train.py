@@ -39,6 +39,18 @@ def train(
     no_clean: bool = typer.Option(
         False, "--no-clean", help="skip short-prompt and duplicate filters"
     ),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="bert / causal_llm: model folder, .gguf file or hub name"
+    ),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    lora_r: int | None = typer.Option(None, "--lora-r", help="LoRA rank (0: full fine-tuning)"),
+    max_train_battles: int | None = typer.Option(
+        None, "--max-train-battles", help="seeded subsample of the battles (neural routers)"
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
     source_weight: list[str] = typer.Option(
         [],
         "--source-weight",
@@ -68,7 +80,24 @@ def train(
     if source_weight:
         battles = weight_sources(battles, _parse_weights(source_weight))
     typer.echo(f"training {router} on {len(battles):,} battles ({len(battles.models())} models)")
-    if "embedder" in router_class(router)._param_names():
+    accepted = router_class(router)._param_names()
+    flags = {
+        "backbone": backbone,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lora_r": lora_r,
+        "max_train_battles": max_train_battles,
+        "device": device,
+    }
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if name not in accepted:
+            raise ConfigError(f"--{name.replace('_', '-')} does not apply to the {router!r} router")
+        extra.setdefault(name, value)
+    if "embedder" in accepted:
         extra.setdefault("embedder", embedder)
     predictor = train_router(
         router, battles, strong_model=strong_model, weak_model=weak_model, **extra
