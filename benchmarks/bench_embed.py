@@ -1,77 +1,105 @@
-"""Embedding throughput (texts/s) of the offline embedders on the alpaca_eval battle prompts.
+"""Embedding throughput (texts/s) of the offline embedders on every distinct prompt of the data.
 
-WordLlama embeds every prompt row (36,700); MiniLM, ~50x slower on CPU, embeds the first
-2,000 rows to keep the run short. No cache is used: every row is embedded. Prints a
-markdown table.
+WordLlama, four ways on the same texts, each in a fresh state:
+- ``WordLlama.embed`` itself (the straightforward way: padded batches, the plain tokenizer);
+- prefroute's embedder with the plain tokenizer (``segment_cache=False``; no padding);
+- prefroute's default, segment-cached tokenisation, from an empty cache (a fresh process);
+- the same again, every segment now cached (texts embedded before, or traffic whose words
+  were all seen).
+All four must give the same vectors (max |difference| printed). MiniLM, ~500x slower on
+CPU, embeds the first ``--minilm-n`` texts. No embedding cache is used. Prints markdown.
 
-    python benchmarks/bench_embed.py [--data FILE] [--minilm-n 2000] [--batch-size 256]
+    python benchmarks/bench_embed.py [--data-dir ../shared/data] [--minilm-n 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from prefroute.embed import build_embedder
+import numpy as np
 
-DEFAULT_DATA = Path("/work/shared/data/alpaca_eval/judge_battles.jsonl")
+from prefroute.data.loaders import load_source
+from prefroute.data.outcomes import load_outcomes
+from prefroute.embed import WordLlamaEmbedder, build_embedder
+from prefroute.embed.wordllama_embedder import _load_model, clear_token_caches
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The "prompt" field of every JSON line."""
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line)["prompt"] for line in handle if line.strip()]
+def distinct_prompts(data_dir: Path) -> list[str]:
+    """Every distinct prompt in the shared data (battles and outcome tables)."""
+    prompts: dict[str, None] = {}
+    for source in ("alpaca_eval", "mt_bench_human"):
+        prompts.update(dict.fromkeys(load_source(source, data_dir).table["prompt"].to_pylist()))
+    for table in ("mt-bench", "mmlu", "gsm8k", "mmlu_pro", "routerbench"):
+        prompts.update(dict.fromkeys(load_outcomes(table, data_dir).prompts))
+    return list(prompts)
 
 
-def bench(name: str, texts: list[str], batch_size: int) -> dict[str, float | int | str]:
-    """Load time, then wall and CPU time of encoding ``texts`` (CPU time of all threads is
-    robust to other processes competing for the cores; wall time is not)."""
-    embedder = build_embedder(name)
-    start = time.perf_counter()
-    embedder.encode(texts[:2], batch_size=batch_size)  # loads the model
-    load_s = time.perf_counter() - start
+def timed(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[dict, np.ndarray]:
     start, cpu_start = time.perf_counter(), time.process_time()
-    vectors = embedder.encode(texts, batch_size=batch_size)
-    encode_s = time.perf_counter() - start
-    cpu_s = time.process_time() - cpu_start
-    return {
-        "embedder": name,
-        "texts": len(texts),
-        "dim": int(vectors.shape[1]),
-        "load_s": load_s,
-        "encode_s": encode_s,
-        "cpu_s": cpu_s,
-        "texts_per_s": len(texts) / encode_s,
-    }
+    vectors = encode(texts)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"wall": wall, "cpu": cpu, "rate": len(texts) / wall}, vectors
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--minilm-n", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--minilm-n", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="texts per WordLlama.embed / MiniLM call")
     args = parser.parse_args()
+    texts = distinct_prompts(args.data_dir)
 
-    prompts = read_prompts(args.data)
-    rows = [
-        bench("wordllama", prompts, args.batch_size),
-        bench("minilm", prompts[: args.minilm_n], args.batch_size),
-    ]
-    print(
-        f"Prompts from {args.data.name}: {len(prompts)} rows ({len(set(prompts))} distinct); "
-        f"batch size {args.batch_size}; CPU: {os.cpu_count()} cores, {platform.machine()}.\n"
-    )
-    print("| embedder | texts | dim | load (s) | encode wall (s) | encode CPU (s) | texts/s |")
+    start = time.perf_counter()
+    model = _load_model("l2_supercat", 256, None)
+    load_s = time.perf_counter() - start
+    plain = WordLlamaEmbedder(segment_cache=False)
+    segmented = WordLlamaEmbedder()
+    plain.encode(texts[:2])
+    segmented.encode(texts[:2])
+    clear_token_caches()
+
+    def own(batch: list[str]) -> np.ndarray:
+        return np.concatenate([model.embed(batch[i : i + args.batch_size], norm=True)
+                               for i in range(0, len(batch), args.batch_size)])
+
+    rows = []
+    own_row, reference = timed(own, texts)
+    rows.append(("WordLlama.embed itself (straightforward)", own_row, reference))
+    rows.append(("prefroute, plain tokenizer", *timed(plain.encode, texts)))
+    rows.append(("**prefroute, segment cache, empty at start**", *timed(segmented.encode, texts)))
+    rows.append(("prefroute, segment cache, all segments cached", *timed(segmented.encode, texts)))
+
+    minilm = build_embedder("minilm")
+    start = time.perf_counter()
+    minilm.encode(texts[:2])
+    minilm_load = time.perf_counter() - start
+    minilm_row, _ = timed(lambda t: minilm.encode(t, batch_size=args.batch_size),
+                          texts[: args.minilm_n])
+
+    mean_chars = np.mean([len(t) for t in texts])
+    print(f"{len(texts):,} distinct prompts of {args.data_dir} (mean {mean_chars:.0f} characters); "
+          f"CPU: {os.cpu_count()} cores, {platform.machine()}; load average at the end "
+          f"{os.getloadavg()[0]:.1f}. WordLlama loads in {load_s:.1f} s, MiniLM in "
+          f"{minilm_load:.1f} s.\n")
+    print("| embedder | texts | encode wall (s) | encode CPU (s) | texts/s | ratio | "
+          "max abs diff vs WordLlama.embed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['embedder']} | {r['texts']:,} | {r['dim']} | {r['load_s']:.1f} | "
-            f"{r['encode_s']:.1f} | {r['cpu_s']:.1f} | {r['texts_per_s']:,.0f} |"
-        )
+    base_rate = rows[0][1]["rate"]
+    for label, row, vectors in rows:
+        diff = float(np.abs(vectors - reference).max())
+        print(f"| wordllama: {label} | {len(texts):,} | {row['wall']:.2f} | {row['cpu']:.2f} | "
+              f"{row['rate']:,.0f} | {row['rate'] / base_rate:.1f}x | {diff:.1e} |")
+    print(f"| minilm (all-MiniLM-L6-v2), batch {args.batch_size} | {args.minilm_n:,} | "
+          f"{minilm_row['wall']:.1f} | {minilm_row['cpu']:.1f} | {minilm_row['rate']:,.0f} | - "
+          "| - |")
 
 
 if __name__ == "__main__":

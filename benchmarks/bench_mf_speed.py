@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ from prefroute.data.battles import Battles
 from prefroute.data.loaders import apply_aliases, load_source
 from prefroute.embed import CachedEmbedder, build_embedder
 from prefroute.routers.mf import MFNet, MFRouter, torch_threads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from held_out_queries import QUERY_TABLES, query_pool, reset_token_cache, split_pool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
@@ -64,9 +68,13 @@ def torch_batch(net: MFNet, strong: int, weak: int, embeddings: torch.Tensor) ->
     return net.win_prob(strong, weak, embeddings).numpy()
 
 
-def throughput(predictor: MFRouter, prompts: list[str], n_single: int, n_batch: int,
-               repeats: int) -> dict[str, float]:
-    """Prompts/s of the numpy path and the torch forward, with and without embedding."""
+def throughput(predictor: MFRouter, prompts: list[str], warm: list[str], n_single: int,
+               n_batch: int, repeats: int) -> dict[str, float]:
+    """Prompts/s of the numpy path and the torch forward, with and without embedding.
+
+    ``prompts`` were never embedded; before each timed run the tokenizer cache is reset to
+    what ``warm`` brings, so every method meets the same cache state.
+    """
     net = predictor.to_torch()
     idx = predictor.model_index_
     s, w = idx[predictor.strong_model], idx[predictor.weak_model]
@@ -112,27 +120,29 @@ def throughput(predictor: MFRouter, prompts: list[str], n_single: int, n_batch: 
         for batch in batches:
             embedder.encode(batch)
 
-    methods = {
-        "embed_single": (embed_single, len(single)),
-        "single": (fast_single, len(single)),
-        "single_torch": (slow_single, len(single)),
-        "embed_batch": (embed_batch, n_batched),
-        "batch": (fast_batch, n_batched),
-        "batch_torch": (slow_batch, n_batched),
-        "score_single": (fast_score_single, len(single)),
-        "score_single_torch": (slow_score_single, len(single)),
+    methods = {  # name: (run, prompts, tokenizer-cache warm-up before it)
+        "embed_single": (embed_single, len(single), warm),
+        "single": (fast_single, len(single), warm),
+        "single_torch": (slow_single, len(single), warm),
+        "embed_batch": (embed_batch, n_batched, warm),
+        "batch": (fast_batch, n_batched, warm),
+        "batch_torch": (slow_batch, n_batched, warm),
+        "batch_cold": (fast_batch, n_batched, []),
+        "score_single": (fast_score_single, len(single), warm),
+        "score_single_torch": (slow_score_single, len(single), warm),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
     cpu: dict[str, list[float]] = {name: [] for name in methods}
     with torch_threads(1):
         # interleaved, so a change in the machine's load hits every method alike
         for _ in range(repeats):
-            for name, (fn, _) in methods.items():
+            for name, (fn, _, warm_up) in methods.items():
+                reset_token_cache(embedder, warm_up)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
-    for name, (_, count) in methods.items():
+    for name, (_, count, _) in methods.items():
         out[name] = count / statistics.median(times[name])
         out[f"{name}_cpu_us"] = 1e6 * statistics.median(cpu[name]) / count
     return out
@@ -181,6 +191,9 @@ def main() -> None:
     parser.add_argument("--n-batch", type=int, default=5000,
                         help="prompts scored in batches of 1,000 (per method and repeat)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warm-up", type=int, default=5000,
+                        help="other prompts whose segments fill the tokenizer cache first")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale-prompts", type=str, default="10000,30000,100000",
                         help="distinct-prompt counts of the scale runs (comma-separated)")
     parser.add_argument("--scale-epochs", type=int, default=3,
@@ -195,15 +208,16 @@ def main() -> None:
 
     alpaca = apply_aliases(load_source("alpaca_eval", args.data_dir), ModelAliases())
     distinct = list(dict.fromkeys(alpaca.prompts))
-    need = max(args.n_single, args.n_batch)
-    prompts = (distinct * (need // len(distinct) + 1))[:need]  # real chat prompts, cycled
+    sets = split_pool(query_pool(args.data_dir, args.seed), warm=args.warm_up,
+                      queries=max(args.n_single, args.n_batch))
+    warm, prompts = sets["warm"], sets["queries"]
 
     start = time.perf_counter()
     predictor = MFRouter(strong_model=STRONG, weak_model=WEAK).fit(alpaca)
     fit_time = time.perf_counter() - start
     curve = predictor.training_curve_
-    predictor.predict_proba(prompts[:1000])  # warm caches before timing
-    speed = throughput(predictor, prompts, args.n_single, args.n_batch, args.repeats)
+    predictor.predict_proba(warm[:1000])  # loads the embedder before timing
+    speed = throughput(predictor, prompts, warm, args.n_single, args.n_batch, args.repeats)
 
     print(f"\n## mf on AlpacaEval ({len(alpaca):,} battles, {len(distinct)} distinct prompts, "
           f"{len(predictor.models_)} models), torch {torch.__version__}, "
@@ -217,11 +231,13 @@ def main() -> None:
           f"{predictor.fit_seconds_['embed']:.2f} s |")
     print(f"| epochs run / best epoch | {len(curve['train_loss'])} / {curve['best_epoch']} |")
     print(f"| best validation loss | {min(curve['val_loss']):.4f} |")
-    mean_len = np.mean([len(p) for p in distinct])
-    print(f"\nScoring P(strong wins) for AlpacaEval prompts (mean {mean_len:.0f} characters); "
-          "prompts/s, median of "
-          f"{args.repeats} runs; the straightforward method is a torch forward pass through the "
-          "full network per request (RouteLLM's pred_win_rate), with the same embedder.\n")
+    mean_len = np.mean([len(p) for p in prompts])
+    print(f"\nScoring P(strong wins) for held-out prompts from {', '.join(QUERY_TABLES)} (mean "
+          f"{mean_len:.0f} characters), never embedded before; before each timed run the "
+          f"tokenizer's segment cache is reset to what {len(warm):,} other such prompts bring "
+          f"(a router that has been serving a while). Prompts/s, median of {args.repeats} "
+          "runs; the straightforward method is a torch forward pass through the full network "
+          "per request (RouteLLM's pred_win_rate), with the same embedder.\n")
     print("| scoring | wordllama embedding alone | mf (numpy path) | torch forward per request "
           "| ratio |")
     print("|---|---|---|---|---|")
@@ -235,6 +251,8 @@ def main() -> None:
         embed_cell = "-" if embed is None else fmt(speed[embed])
         print(f"| {label} | {embed_cell} | {fmt(speed[fast])} | {fmt(speed[slow])} | "
               f"{speed[fast] / speed[slow]:.1f}x |")
+    print(f"| batches of 1,000, embedding included, cold tokenizer cache | - | "
+          f"{fmt(speed['batch_cold'])} | - | - |")
     print("\nThe same runs in CPU time per prompt (microseconds; steadier than wall time on a "
           "shared machine; the tokenizer may use a second thread):\n")
     print("| scoring | wordllama embedding alone | mf (numpy path) | torch forward per request "
@@ -278,7 +296,8 @@ def main() -> None:
             model.fit(subset)
             train = time.perf_counter() - start
             model.embedder_ = build_embedder("wordllama")  # score new prompts uncached
-            sp = throughput(model, prompts, min(args.n_single, 1000), min(args.n_batch, 5000), 1)
+            sp = throughput(model, prompts, warm, min(args.n_single, 1000),
+                            min(args.n_batch, 5000), 1)
             print(f"| {size:,} | {len(subset):,} | {len(model.models_)} | {embed_total:.1f} | "
                   f"{train:.1f} | {model.fit_seconds_['train'] / args.scale_epochs:.2f} | "
                   f"{embed_total + train:.1f} | {fmt(sp['single'])} | {fmt(sp['batch'])} |")

@@ -17,7 +17,8 @@ HNSW FAISS index, with the mean |dP| of the approximate indexes against exact to
 The training prompts are embedded once up front (their rate is reported) and looked up by
 the fits, so fit times exclude embedding; each size is fitted once and the top_k variants
 are derived with ``SWBTRouter.with_search`` (only their index is built). Queries are always
-embedded afresh. Prints markdown tables.
+embedded afresh: held-out prompts, timed with the tokenizer cache reset to a fixed warm-up
+state before each run (see held_out_queries.py). Prints markdown tables.
 
 Usage: ``nice -n 10 python benchmarks/bench_sw_bt_speed.py [--sizes 10000,30000,100000]``
 """
@@ -41,11 +42,13 @@ from tqdm.auto import tqdm
 from prefroute.data.aliases import ModelAliases
 from prefroute.data.battles import Battles
 from prefroute.data.loaders import apply_aliases, load_source
-from prefroute.data.outcomes import load_outcomes
 from prefroute.data.ratings import fit_bt_batched
 from prefroute.embed import build_embedder
 from prefroute.embed.base import Embedder
 from prefroute.routers.sw_bt import SWBTReference, SWBTRouter, battle_outcomes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from held_out_queries import QUERY_TABLES, query_pool, reset_token_cache, split_pool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
@@ -88,12 +91,13 @@ def rate_batched(predict, prompts, batch: int, desc: str) -> Rate:
     return Rate(len(prompts), time.perf_counter() - start, time.process_time() - start_cpu)
 
 
-def eval_prompts(data_dir: Path, n: int, seed: int = 0) -> list[str]:
-    """Held-out query prompts (MT-Bench, GSM8K, MMLU), none of them AlpacaEval prompts."""
-    pool = (load_outcomes("mt-bench", data_dir).prompts + load_outcomes("gsm8k", data_dir).prompts
-            + load_outcomes("mmlu", data_dir).prompts)
-    rng = np.random.default_rng(seed)
-    return [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+def wordllama_own(embedder: Embedder):
+    """``WordLlama.embed`` itself (padded batches, the plain tokenizer): the straightforward
+    way to embed, for the ratio."""
+    from prefroute.embed.wordllama_embedder import _load_model
+
+    model = _load_model(embedder.config, embedder.dim, embedder.max_tokens)
+    return lambda texts: model.embed(texts if isinstance(texts, list) else [texts], norm=True)
 
 
 # part 1 ---------------------------------------------------------------------------------
@@ -102,22 +106,35 @@ def bench_alpaca(args: argparse.Namespace, data_dir: Path) -> None:
     start = time.perf_counter()
     router = SWBTRouter(strong_model=STRONG, weak_model=WEAK).fit(alpaca)
     fit_s = time.perf_counter() - start
-    queries = eval_prompts(data_dir, max(args.batched, args.single))
-    router.predict_proba(queries[:32])  # warm-up: loads the embedder, touches the arrays
-
+    sets = split_pool(query_pool(data_dir, args.seed), warm=args.warm_up, single=args.single,
+                      batched=args.batched)
+    warm, single_q, batched_q = sets["warm"], sets["single"], sets["batched"]
     embedder = router.embedder_
-    single = rate_single(router.predict_proba, queries[: args.single], "sw_bt single")
-    batched = rate_batched(router.predict_proba, queries[: args.batched], args.batch_size,
-                           "sw_bt batched")
-    embed_single = rate_single(embedder.encode, queries[: args.single], "embed single")
-    embed_batched = rate_batched(embedder.encode, queries[: args.batched], args.batch_size,
-                                 "embed batched")
-    vectors = embedder.encode(queries[: args.batched])
+    router.predict_proba(warm[:32])  # loads the embedder, touches the arrays
+
+    def timed(fn, prompts: list, batch: int | None, desc: str, warm_up: list = warm) -> Rate:
+        reset_token_cache(embedder, warm_up)
+        if batch is None:
+            return rate_single(fn, prompts, desc)
+        return rate_batched(fn, prompts, batch, desc)
+
+    bs = args.batch_size
+    single = timed(router.predict_proba, single_q, None, "sw_bt single")
+    batched = timed(router.predict_proba, batched_q, bs, "sw_bt batched")
+    cold_single = timed(router.predict_proba, single_q, None, "sw_bt single, cold", [])
+    cold_batched = timed(router.predict_proba, batched_q, bs, "sw_bt batched, cold", [])
+    seen_batched = rate_batched(router.predict_proba, batched_q, bs, "sw_bt batched, seen")
+    embed_single = timed(embedder.encode, single_q, None, "embed single")
+    embed_batched = timed(embedder.encode, batched_q, bs, "embed batched")
+    own = wordllama_own(embedder)
+    own_single = rate_single(own, single_q, "WordLlama.embed single")
+    own_batched = rate_batched(own, batched_q, bs, "WordLlama.embed batched")
+    vectors = embedder.encode(batched_q)
     score_single = rate_single(
         lambda v: router.strong_win_prob_from_embeddings(v[None]), list(vectors[: args.single]),
         "score single")
-    score_batched = rate_batched(router.strong_win_prob_from_embeddings, vectors,
-                                 args.batch_size, "score batched")
+    score_batched = rate_batched(router.strong_win_prob_from_embeddings, vectors, bs,
+                                 "score batched")
 
     # the same scoring with the batched Newton solver in place of the closed form
     def newton(v: np.ndarray) -> np.ndarray:
@@ -130,29 +147,38 @@ def bench_alpaca(args: argparse.Namespace, data_dir: Path) -> None:
 
     newton_single = rate_single(lambda v: newton(v[None]), list(vectors[: args.single]),
                                 "newton single")
-    newton_batched = rate_batched(newton, vectors, args.batch_size, "newton batched")
+    newton_batched = rate_batched(newton, vectors, bs, "newton batched")
     newton_gap = float(np.abs(newton(vectors) - router.strong_win_prob_from_embeddings(vectors))
                        .max())
 
     start = time.perf_counter()
     reference = SWBTReference(router, alpaca)
     ref_setup_s = time.perf_counter() - start
-    ref_queries = queries[: args.reference]
+    ref_queries = single_q[: args.reference]
     ref_probs = []
     ref_rate = rate_single(lambda q: ref_probs.append(reference.predict_proba([q])[0]),
                            ref_queries, "reference")
     gap = float(np.abs(router.predict_proba(ref_queries) - np.array(ref_probs)).max())
 
-    print("\n### sw_bt on AlpacaEval (36,700 battles, 644 distinct prompts, 10 tiers)\n")
-    print(f"fit: {fit_s:.2f} s (embedding 644 prompts, global BT + tiers, pair counts); "
-          f"reference setup (embedding the battle prompts): {ref_setup_s:.2f} s\n")
+    groups = f"{router.num_tiers} tiers" if router.num_tiers else "models as groups"
+    print(f"\n### sw_bt on AlpacaEval (36,700 battles, 644 distinct prompts, {groups})\n")
+    print(f"fit: {fit_s:.2f} s (embedding 644 prompts, global BT, pair counts); reference setup "
+          f"(embedding the battle prompts): {ref_setup_s:.2f} s\n")
+    print(f"Queries: held-out prompts from {', '.join(QUERY_TABLES)} (mean "
+          f"{np.mean([len(q) for q in batched_q]):.0f} characters), never embedded before their "
+          f"timed run. 'warm' = the tokenizer's segment cache holds what {len(warm):,} other "
+          "such prompts brought (a router that has been serving a while), reset before each "
+          "run; 'cold' = empty cache (a fresh process); 'seen' = the same prompts again.\n")
     print(f"prompts/s as wall time (CPU time of this process in brackets); machine load "
           f"average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     print(table(
-        ["method", "one prompt at a time", f"batches of {args.batch_size:,}"],
+        ["method", "one prompt at a time", f"batches of {bs:,}"],
         [
-            ["sw_bt: embedding + scoring (predict_proba)", single, batched],
-            ["  embedding only (wordllama)", embed_single, embed_batched],
+            ["**sw_bt: embedding + scoring (predict_proba), warm**", single, batched],
+            ["  the same, cold", cold_single, cold_batched],
+            ["  the same, seen", "", seen_batched],
+            ["  embedding only (prefroute wordllama, warm)", embed_single, embed_batched],
+            ["  embedding with WordLlama.embed itself", own_single, own_batched],
             ["  scoring only (weights + closed-form BT)", score_single, score_batched],
             ["  scoring with the batched Newton solver instead", newton_single, newton_batched],
             [f"per-query LogisticRegression (RouteLLM way, {len(ref_queries)} queries)",
@@ -255,7 +281,9 @@ class PrecomputedEmbedder(Embedder):
 def bench_scale(args: argparse.Namespace, data_dir: Path) -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     pool, order = scale_pool(data_dir, max(sizes), args.seed)
-    queries = eval_prompts(data_dir, max(args.scale_batched, args.scale_single), seed=1)
+    sets = split_pool(query_pool(data_dir, seed=1), warm=args.warm_up,
+                      queries=max(args.scale_batched, args.scale_single))
+    warm, queries = sets["warm"], sets["queries"]
     plain = build_embedder("wordllama")
     needed = order[: max(sizes)]
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -284,9 +312,11 @@ def bench_scale(args: argparse.Namespace, data_dir: Path) -> None:
             start = time.perf_counter()
             variant = router if top_k is None else router.with_search(top_k=top_k, index=kind)
             build_s = time.perf_counter() - start
-            variant.predict_proba(queries[:8])
+            variant.predict_proba(warm[:8])
+            reset_token_cache(plain, warm)
             single = rate_single(variant.predict_proba, queries[: args.scale_single],
                                  f"n={n} {label} {kind} single")
+            reset_token_cache(plain, warm)
             batched = rate_batched(variant.predict_proba, queries[: args.scale_batched],
                                    args.batch_size, f"n={n} {label} {kind} batched")
             probs = variant.predict_proba(queries[: args.scale_batched])
@@ -346,8 +376,10 @@ def plot(curve: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--single", type=int, default=300, help="prompts scored one at a time")
-    parser.add_argument("--batched", type=int, default=2000, help="prompts scored in batches")
+    parser.add_argument("--single", type=int, default=1000, help="prompts scored one at a time")
+    parser.add_argument("--batched", type=int, default=5000, help="prompts scored in batches")
+    parser.add_argument("--warm-up", type=int, default=5000,
+                        help="other prompts whose segments fill the tokenizer cache first")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--reference", type=int, default=5,
                         help="queries for the per-query LogisticRegression")

@@ -166,6 +166,111 @@ def test_wordllama_makes_no_network_calls(monkeypatch: pytest.MonkeyPatch) -> No
     _check_unit_rows(vectors, 3, 256)
 
 
+EDGE_TEXTS = [
+    "",
+    " ",
+    "   ",
+    "a  b",
+    "   leading",
+    "trailing   ",
+    "x\n\n  y",
+    "tab\tsep",
+    "emoji 😀 ok",
+    "中文 字",
+    "    def f():\n        return 1\n",
+    "\u2581already",
+    "a\u2581\u2581b",
+    " " * 40 + "z",
+    "a</s>b",
+    "x <s> y",
+    "<unk>",
+    "x" * 200,
+    "y " * 100,
+    "z" * 65 + " q",
+    "\x00\x01 control",
+    "café naïve — “quotes” …",
+    "http://example.com/a_b?c=d&e=f",
+]
+
+
+def _all_shared_prompts(data_dir: Path) -> list[str]:
+    from prefroute.data import load_outcomes, load_source
+
+    prompts: dict[str, None] = {}
+    for source in ("alpaca_eval", "mt_bench_human"):
+        prompts.update(dict.fromkeys(load_source(source, data_dir).table["prompt"].to_pylist()))
+    for table in ("mt-bench", "mmlu", "gsm8k", "mmlu_pro", "routerbench"):
+        prompts.update(dict.fromkeys(load_outcomes(table, data_dir).prompts))
+    return list(prompts)
+
+
+def _wordllama_tokenizer():  # the tokenizer exactly as the wheel ships it, no padding
+    from tokenizers import Tokenizer
+
+    path = wordllama_module.wordllama_package_dir() / "tokenizers"
+    tokenizer = Tokenizer.from_file(str(path / "l2_supercat_tokenizer_config.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def test_segment_tokenizer_is_exact_on_every_shared_prompt(data_dir: Path) -> None:
+    from prefroute.embed.segment_tokenizer import SegmentTokenizer
+
+    reference = _wordllama_tokenizer()
+    texts = EDGE_TEXTS + _all_shared_prompts(data_dir) + EDGE_TEXTS
+    assert len(texts) > 27_000
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    segmented = SegmentTokenizer(reference)
+    assert segmented.encode_batch(texts).to_lists() == expected  # cold cache
+    assert segmented.encode_batch(texts).to_lists() == expected  # every segment cached
+    assert 10_000 < segmented.cached_segments < 200_000
+    # Batches of other sizes, and a cache that keeps being emptied, give the same tokens.
+    small_cache = SegmentTokenizer(reference, max_segments=500)
+    for size in (1, 7, 333):
+        for start in range(0, 3000, size * 3):
+            batch = texts[start : start + size]
+            assert small_cache.encode_batch(batch).to_lists() == expected[start : start + size]
+
+
+def test_segment_tokenizer_truncates_like_the_reference(data_dir: Path) -> None:
+    from prefroute.embed.segment_tokenizer import SegmentTokenizer
+
+    texts = EDGE_TEXTS + _all_shared_prompts(data_dir)[:2000]
+    reference = _wordllama_tokenizer()
+    reference.enable_truncation(48)
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    batch = SegmentTokenizer(_wordllama_tokenizer(), max_tokens=48).encode_batch(texts)
+    assert batch.to_lists() == expected
+    assert batch.counts.max() == 48
+
+
+def test_segment_tokenizer_refuses_other_tokenizers() -> None:
+    from tokenizers import Tokenizer
+
+    from prefroute.embed.minilm import bundled_minilm_dir
+    from prefroute.embed.segment_tokenizer import SegmentTokenizer, supports_segment_tokenization
+
+    wordpiece = Tokenizer.from_file(str(bundled_minilm_dir() / "tokenizer.json"))
+    assert not supports_segment_tokenization(wordpiece)
+    with pytest.raises(ValueError, match="SentencePiece BPE"):
+        SegmentTokenizer(wordpiece)
+    assert supports_segment_tokenization(_wordllama_tokenizer())
+
+
+def test_wordllama_vectors_equal_wordllamas_own(data_dir: Path) -> None:
+    # The segment-cached, unpadded path must give the vectors of WordLlama.embed itself.
+    texts = EDGE_TEXTS[1:] + _all_shared_prompts(data_dir)[::50]
+    ours = WordLlamaEmbedder().encode(texts)
+    model = wordllama_module._load_model("l2_supercat", 256, None)
+    theirs = np.concatenate(
+        [model.embed(texts[i : i + 64], norm=True) for i in range(0, len(texts), 64)]
+    )
+    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    one_by_one = np.concatenate([WordLlamaEmbedder().encode(t) for t in texts[:40]])
+    np.testing.assert_allclose(one_by_one, ours[:40], atol=2e-6)
+
+
 def _can_unshare_network() -> bool:
     if shutil.which("unshare") is None:
         return False

@@ -31,6 +31,8 @@ class Embedder(ABC):
 
     name: ClassVar[str]
     needs_fit: ClassVar[bool] = False
+    # Texts per ``_encode`` call when ``encode`` is not told: bounds peak memory.
+    default_batch_size: ClassVar[int] = 256
 
     @property
     @abstractmethod
@@ -48,15 +50,17 @@ class Embedder(ABC):
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params()}
 
-    def encode(self, texts: Sequence[str] | str, *, batch_size: int = 256) -> np.ndarray:
+    def encode(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
         """Embed ``texts`` into a float32 array [n, dim] with unit-length rows."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        batch_size = batch_size or self.default_batch_size
         parts = [self._encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        vectors = np.array(vectors, dtype=np.float32, order="C")  # a copy we may normalise
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         vectors /= np.maximum(norms, 1e-12)
         return vectors

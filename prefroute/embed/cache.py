@@ -147,7 +147,7 @@ class CachedEmbedder(Embedder):
             )
         return int(space_id)
 
-    def encode(self, texts: Sequence[str] | str, *, batch_size: int = 256) -> np.ndarray:
+    def encode(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
         """Like ``inner.encode``, reading known texts from the cache and storing new ones."""
         if isinstance(texts, str):
             texts = [texts]

@@ -20,6 +20,11 @@ import numpy as np
 
 from prefroute._logging import logger
 from prefroute.embed.base import Embedder, register_embedder
+from prefroute.embed.segment_tokenizer import (
+    SegmentTokenizer,
+    TokenBatch,
+    supports_segment_tokenization,
+)
 from prefroute.errors import ConfigError, check_choice
 
 MATRYOSHKA_DIMS = (64, 128, 256, 512, 1024)
@@ -50,6 +55,15 @@ def clear_model_cache() -> None:
     """Forget the loaded WordLlama models (the next encode loads them again)."""
     with _LOCK:
         _MODELS.clear()
+
+
+def clear_token_caches() -> None:
+    """Empty the segment caches of the loaded models' tokenizers (to time a cold start)."""
+    with _LOCK:
+        for model in _MODELS.values():
+            _, segmented = getattr(model, "_prefroute_tokenizers", (None, None))
+            if segmented is not None:
+                segmented.clear()
 
 
 def _import_wordllama() -> Any:
@@ -101,12 +115,22 @@ class WordLlamaEmbedder(Embedder):
         need weights the wheel does not ship).
     config: the WordLlama configuration; only configurations bundled in the wheel load.
     max_tokens: truncate each text to this many tokens (None: the whole text).
+    segment_cache: tokenise batches through ``SegmentTokenizer``, which caches the tokens of
+        each text segment it has seen (up to 2M segments, ~80 MB) and gives exactly the
+        plain tokenizer's ids 2-5x faster. A speed setting only: it is not part of the spec.
     """
 
     name = "wordllama"
+    # Segment-cached tokenisation has a fixed cost per call that large batches amortise.
+    default_batch_size = 4096
 
     def __init__(
-        self, dim: int = 256, config: str = DEFAULT_CONFIG, max_tokens: int | None = None
+        self,
+        dim: int = 256,
+        config: str = DEFAULT_CONFIG,
+        max_tokens: int | None = None,
+        *,
+        segment_cache: bool = True,
     ) -> None:
         check_choice("dim", "WordLlamaEmbedder", dim, MATRYOSHKA_DIMS)
         available = bundled_dims(config)
@@ -130,6 +154,7 @@ class WordLlamaEmbedder(Embedder):
         self._dim = dim
         self.config = config
         self.max_tokens = max_tokens
+        self.segment_cache = segment_cache
 
     @property
     def dim(self) -> int:
@@ -140,43 +165,72 @@ class WordLlamaEmbedder(Embedder):
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         model = _load_model(self.config, self._dim, self.max_tokens)
-        tokenizer = _unpadded_tokenizer(model, self.max_tokens)
-        if len(texts) == 1:
-            ids = [tokenizer.encode(texts[0], add_special_tokens=False).ids]
-        else:
-            ids = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-        return _mean_of_token_vectors(model.embedding, ids)
+        table = getattr(model, "_prefroute_table", None)
+        if table is None:  # a truncated (Matryoshka) table is a strided view: copy it once
+            table = model._prefroute_table = np.ascontiguousarray(model.embedding, np.float32)
+        tokens = _tokenize(model, texts, self.max_tokens, self.segment_cache)
+        return mean_of_token_vectors(table, tokens)
 
 
-def _unpadded_tokenizer(model: Any, max_tokens: int | None) -> Any:
-    """A copy of WordLlama's tokenizer without padding, built once per model.
+# Below this many texts a call's fixed numpy/pandas cost outweighs what segment caching saves.
+SEGMENT_PATH_MIN_TEXTS = 2
 
-    WordLlama pads every batch to its longest text and averages under a mask; averaging
-    each text's own token vectors gives the same numbers without the padded work.
+
+def _tokenize(
+    model: Any, texts: list[str], max_tokens: int | None, segment_cache: bool = True
+) -> TokenBatch:
+    """Token ids exactly as WordLlama's tokenizer gives them, without its padding."""
+    state = getattr(model, "_prefroute_tokenizers", None)
+    if state is None:
+        state = model._prefroute_tokenizers = _build_tokenizers(model, max_tokens)
+    reference, segmented = state
+    if segment_cache and segmented is not None and len(texts) >= SEGMENT_PATH_MIN_TEXTS:
+        return segmented.encode_batch(texts)
+    encoded = reference.encode_batch_fast(texts, add_special_tokens=False)
+    rows = [np.array(e.ids, dtype=np.int64) for e in encoded]
+    counts = np.array([len(row) for row in rows], dtype=np.int64)
+    offsets = np.zeros(len(rows), dtype=np.int64)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    return TokenBatch(np.concatenate(rows), offsets, counts)
+
+
+def _build_tokenizers(model: Any, max_tokens: int | None) -> tuple[Any, SegmentTokenizer | None]:
+    """WordLlama's tokenizer without padding, and its segment-cached twin where exact."""
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_str(model.tokenizer.to_str())
+    reference.no_padding()
+    if max_tokens is not None:
+        reference.enable_truncation(max_tokens)
+    else:
+        reference.no_truncation()
+    segmented = None
+    if supports_segment_tokenization(reference):
+        segmented = SegmentTokenizer(reference, max_tokens=max_tokens)
+    else:
+        logger.info("WordLlama %s: tokenizer not segmentable; using the plain tokenizer", model)
+    return reference, segmented
+
+
+def mean_of_token_vectors(table: np.ndarray, tokens: TokenBatch) -> np.ndarray:
+    """Mean of ``table`` rows over each text's tokens (zeros for a text without tokens).
+
+    WordLlama pads a batch to its longest text and averages under a mask; a bag-of-ids
+    mean over each text's own tokens gives the same vectors without the padded work.
     """
-    tokenizer = getattr(model, "_prefroute_unpadded", None)
-    if tokenizer is None:
-        from tokenizers import Tokenizer
+    ids = tokens.ids
+    if len(ids) and int(ids.max()) >= len(table):  # ids past a truncated table, as WordLlama
+        ids = np.minimum(ids, len(table) - 1)
+    if len(tokens.counts) == 1:  # one text: a numpy gather beats torch's per-call cost
+        vector = np.take(table, ids, axis=0).sum(axis=0) / max(len(ids), 1)
+        return vector[None].astype(np.float32, copy=False)
+    import torch
 
-        tokenizer = Tokenizer.from_str(model.tokenizer.to_str())
-        tokenizer.no_padding()
-        if max_tokens is not None:
-            tokenizer.enable_truncation(max_tokens)
-        else:
-            tokenizer.no_truncation()
-        model._prefroute_unpadded = tokenizer
-    return tokenizer
-
-
-def _mean_of_token_vectors(table: np.ndarray, ids: list[list[int]]) -> np.ndarray:
-    """Mean of ``table`` rows per id list (an empty list gives a zero vector)."""
-    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(lengths.sum()))
-    np.clip(flat, 0, table.shape[0] - 1, out=flat)
-    out = np.zeros((len(ids), table.shape[1]), dtype=np.float32)
-    nonempty = lengths > 0
-    if nonempty.any():
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
-        sums = np.add.reduceat(table[flat], starts, axis=0)
-        out[nonempty] = sums / lengths[nonempty, None]
-    return out
+    with torch.inference_mode():
+        pooled = torch.nn.functional.embedding_bag(
+            torch.from_numpy(ids),
+            torch.from_numpy(table),
+            torch.from_numpy(tokens.offsets),
+            mode="mean",
+        )
+    return pooled.numpy()

@@ -133,8 +133,9 @@ class WinPredictor(ABC):
         parts = [
             self._predict(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)
         ]
-        probs = np.concatenate(parts).astype(np.float64)
-        return np.clip(probs, 0.0, 1.0)
+        probs = np.array(parts[0] if len(parts) == 1 else np.concatenate(parts), np.float64)
+        # np.clip's dispatch costs ~10 us, a fifth of a one-prompt mf call
+        return np.minimum(np.maximum(probs, 0.0, out=probs), 1.0, out=probs)
 
     @abstractmethod
     def _fit(self, battles: Battles) -> None: ...

@@ -1,0 +1,419 @@
+"""Exact, vectorised tokenisation of whole batches for Llama-style SentencePiece BPE.
+
+WordLlama's tokenizer (the Llama-2 vocabulary) replaces spaces with "▁", prepends one "▁" and
+runs BPE over the *whole* text as a single word, so the Rust tokenizer cannot reuse work
+between the words of a text or between texts: most of an embedding's cost is BPE merging.
+
+A text may be cut between two characters that no vocabulary piece holds next to each other
+("d▁", "e\\n", ".\\n", ...): no merge can join them, so the two sides tokenise independently and
+their tokens concatenate to the text's tokens. Cut at every such point, a text falls into
+short *segments* ("▁the", "▁answer", ".", "\\n") that repeat across texts, so
+``SegmentTokenizer`` tokenises each distinct segment once with the real tokenizer and
+afterwards finds its tokens with numpy alone: cut points from a character-pair table, a
+64-bit polynomial hash per segment, a hash-table lookup (pandas) and a gather. Python runs per
+*new* segment, never per segment occurrence. ``tests/test_embed.py`` checks that every prompt
+of the shared data gets exactly the token ids of the tokenizer it wraps.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SPACE = "▁"
+_SPACE_CODE = ord(SPACE)
+# Segments longer than this are tokenised on every call instead of being cached: they are rare
+# (URLs, base64, long code lines) and leaving them out bounds the hash's collision risk, which
+# for a polynomial hash modulo 2**64 grows with length.
+MAX_CACHED_SEGMENT_CHARS = 64
+# New segments are tokenised this many at a time, joined by SEPARATOR (see _segment_tokens).
+SEGMENTS_PER_CHUNK = 256
+SEPARATOR = "\x00"
+# Lookups of fewer hashes than this binary-search a sorted array instead of asking pandas.
+SMALL_LOOKUP = 4096
+# Texts are processed in slices of about this many characters, which bounds the hash arrays.
+MAX_CHARS_PER_PASS = 1 << 20
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
+_HASH_BASE_INVERSE = pow(_HASH_BASE, -1, 1 << 64)
+_LENGTH_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+# Characters are mapped to a small alphabet for the pair table: Latin-1 keeps its code, "▁"
+# is 256, every other character 257 ("may join anything", which only means fewer cuts).
+_SPACE_SMALL, _OTHER, _ALPHABET = 256, 257, 258
+_SMALL_OF_BMP = np.full(1 << 16, _OTHER, dtype=np.int32)
+_SMALL_OF_BMP[:256] = np.arange(256)
+_SMALL_OF_BMP[_SPACE_CODE] = _SPACE_SMALL
+EXPECTED_NORMALIZER = {
+    "type": "Sequence",
+    "normalizers": [
+        {"type": "Prepend", "prepend": SPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
+    ],
+}
+
+
+def supports_segment_tokenization(tokenizer: Any) -> bool:
+    """Whether ``SegmentTokenizer`` reproduces ``tokenizer`` (a ``tokenizers.Tokenizer``) exactly.
+
+    True for a BPE model with the Llama "prepend ▁, spaces to ▁" normaliser and no
+    pre-tokeniser, where merges are deterministic (no dropout) and NUL, in no piece, falls
+    back to its byte token.
+    """
+    config = json.loads(tokenizer.to_str())
+    if config.get("normalizer") != EXPECTED_NORMALIZER or config.get("pre_tokenizer") is not None:
+        return False
+    model = config.get("model", {})
+    if model.get("type") != "BPE" or model.get("dropout") or not model.get("byte_fallback"):
+        return False
+    vocab = model["vocab"]
+    return "<0x00>" in vocab and not any(SEPARATOR in piece for piece in vocab)
+
+
+@dataclass
+class TokenBatch:
+    """Token ids of a batch of texts, flat: text i owns ``counts[i]`` ids from ``offsets[i]``."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    def to_lists(self) -> list[list[int]]:
+        bounds = zip(self.offsets.tolist(), self.counts.tolist())
+        return [self.ids[o : o + c].tolist() for o, c in bounds]
+
+
+class SegmentTokenizer:
+    """Batch tokeniser that caches the tokens of each distinct segment (see module docstring).
+
+    Parameters
+    ----------
+    tokenizer: the ``tokenizers.Tokenizer`` to reproduce; ``supports_segment_tokenization``
+        must hold for it.
+    max_tokens: keep the first ``max_tokens`` tokens of each text (None: all).
+    max_segments: the cache is emptied when it would hold more distinct segments than this
+        (about 40 bytes each), which bounds memory on endless streams of new text.
+    """
+
+    def __init__(
+        self, tokenizer: Any, *, max_tokens: int | None = None, max_segments: int = 2_000_000
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        if not supports_segment_tokenization(tokenizer):
+            raise ValueError(
+                "SegmentTokenizer needs a Llama-style SentencePiece BPE tokenizer "
+                "(see supports_segment_tokenization)."
+            )
+        self.max_tokens = max_tokens
+        self.max_segments = max_segments
+        self._reference = Tokenizer.from_str(tokenizer.to_str())
+        self._reference.no_padding()
+        self._reference.no_truncation()
+        # Segments arrive already normalised, so the segment tokenizer skips the normaliser.
+        self._segment_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._segment_tokenizer.normalizer = None
+        self._segment_tokenizer.no_padding()
+        self._segment_tokenizer.no_truncation()
+        # Texts containing an added token ("<s>", "</s>", "<unk>") are split around it before
+        # normalisation, which segmenting does not mimic: those go to the reference tokenizer.
+        self._added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
+        vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+        self._joinable = _joinable_pairs(vocab)
+        self._separator_id = vocab["<0x00>"]
+        self._lock = threading.RLock()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every cached segment."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        # Slot s of the cache is the s-th segment added. Its hash is found through a pandas
+        # hash index over the first slots (rebuilt rarely) or a dict of the recent ones.
+        self._hashes = _GrowingArray(np.uint64)
+        self._token_starts = _GrowingArray(np.int64)
+        self._token_counts = _GrowingArray(np.int64)
+        self._tokens = _GrowingArray(np.int64)
+        self._recent: dict[int, int] = {}
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Index every cached hash: a pandas hash index for large lookups, and a sorted copy
+        for small ones (``get_indexer`` costs ~0.2 ms per call however few the hashes)."""
+        hashes = self._hashes.values.copy()
+        self._frozen = pd.Index(hashes)
+        self._frozen_order = np.argsort(hashes)
+        self._frozen_sorted = hashes[self._frozen_order]
+        self._recent = {}
+
+    @property
+    def cached_segments(self) -> int:
+        return len(self._token_counts)
+
+    def encode_batch(self, texts: list[str]) -> TokenBatch:
+        """Token ids of ``texts`` (no special tokens), identical to the wrapped tokenizer's."""
+        parts, start, chars = [], 0, 0
+        with self._lock:
+            for end, text in enumerate(texts, 1):
+                chars += len(text) + 1
+                if chars >= MAX_CHARS_PER_PASS or end == len(texts):
+                    parts.append(self._encode_pass(texts[start:end]))
+                    start, chars = end, 0
+        if len(parts) == 1:
+            return parts[0]
+        counts = np.concatenate([p.counts for p in parts])
+        return TokenBatch(np.concatenate([p.ids for p in parts]), _exclusive_cumsum(counts), counts)
+
+    def _encode_pass(self, texts: list[str]) -> TokenBatch:
+        if self.cached_segments > self.max_segments:
+            self._clear()
+        raw = "".join(texts)
+        special = (
+            [i for i, t in enumerate(texts) if any(a in t for a in self._added)]
+            if any(a in raw for a in self._added)
+            else []
+        )
+        # Empty texts have no tokens and texts with added tokens are spliced in afterwards.
+        skipped = {i for i, t in enumerate(texts) if not t}.union(special)
+        kept = [t for i, t in enumerate(texts) if i not in skipped] if skipped else texts
+        joined = (SPACE + SPACE.join(kept)).replace(" ", SPACE) if kept else ""
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+
+        text_chars = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept)) + 1
+        text_starts = _exclusive_cumsum(text_chars)
+        seg_starts = self._cut_points(codes, text_starts)
+        seg_chars = np.diff(np.append(seg_starts, len(codes)))
+        seg_text = np.searchsorted(text_starts, seg_starts, side="right") - 1
+        hashes = self._segment_hashes(codes, seg_starts, seg_chars)
+
+        long_segments = seg_chars > MAX_CACHED_SEGMENT_CHARS
+        slots = self._lookup(hashes)
+        missing = (slots < 0) & ~long_segments
+        if missing.any():
+            slots[missing] = self._insert(joined, seg_starts, seg_chars, hashes, missing)
+        token_starts = self._token_starts.values
+        token_counts, tokens = self._token_counts.values, self._tokens.values
+        if long_segments.any():
+            where = np.flatnonzero(long_segments)
+            long_tokens, lengths = self._segment_tokens(
+                [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
+            )
+            slots[where] = np.arange(len(token_counts), len(token_counts) + len(where))
+            token_starts = np.concatenate([token_starts, len(tokens) + _exclusive_cumsum(lengths)])
+            token_counts = np.concatenate([token_counts, lengths])
+            tokens = np.concatenate([tokens, long_tokens])
+
+        seg_token_counts = token_counts[slots]
+        flat = _gather_runs(tokens, token_starts[slots], seg_token_counts)
+        kept_counts = np.bincount(seg_text, weights=seg_token_counts, minlength=len(kept))
+        kept_counts = kept_counts.astype(np.int64)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        if skipped:
+            kept_index = [i for i in range(len(texts)) if i not in skipped]
+            counts[np.array(kept_index, dtype=np.int64)] = kept_counts
+        else:
+            counts[:] = kept_counts
+        if special:
+            flat, counts = self._splice_reference(texts, special, flat, counts)
+        offsets = _exclusive_cumsum(counts)
+        if self.max_tokens is not None:
+            flat, offsets, counts = _truncate(flat, offsets, counts, self.max_tokens)
+        return TokenBatch(flat, offsets, counts)
+
+    def _cut_points(self, codes: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
+        """Start of each segment: every text start and every pair no piece can join."""
+        if len(codes) == 0:
+            return np.zeros(0, dtype=np.int64)
+        small = _SMALL_OF_BMP[np.minimum(codes, 0xFFFF)]
+        cut = np.empty(len(codes), dtype=bool)
+        cut[0] = True
+        pair = small[:-1] * _ALPHABET
+        pair += small[1:]
+        np.logical_not(self._joinable[pair], out=cut[1:])
+        cut[text_starts] = True
+        return np.flatnonzero(cut)
+
+    def _segment_hashes(
+        self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> np.ndarray:
+        """Polynomial hash of each segment from prefix sums: (P[end] - P[start]) / B**start."""
+        n = len(codes)
+        powers, inverse_powers = _power_tables(n + 1)
+        with np.errstate(over="ignore"):
+            prefix = np.zeros(n + 1, dtype=np.uint64)
+            np.cumsum(codes.astype(np.uint64) * powers[:n], out=prefix[1:])
+            hashes = (prefix[starts + lengths] - prefix[starts]) * inverse_powers[starts]
+            return hashes ^ (lengths.astype(np.uint64) * _LENGTH_MIX)
+
+    def _lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Cache slot of each hash, -1 where absent."""
+        if len(hashes) >= SMALL_LOOKUP or len(self._frozen_sorted) == 0:
+            slots = self._frozen.get_indexer(hashes).astype(np.int64, copy=False)
+        else:
+            where = np.searchsorted(self._frozen_sorted, hashes)
+            np.minimum(where, len(self._frozen_sorted) - 1, out=where)
+            found = self._frozen_sorted[where] == hashes
+            slots = np.where(found, self._frozen_order[where], -1)
+        if self._recent:
+            absent = np.flatnonzero(slots < 0)
+            if len(absent):
+                get = self._recent.get
+                slots[absent] = [get(h, -1) for h in hashes[absent].tolist()]
+        return slots
+
+    def _insert(
+        self,
+        joined: str,
+        seg_starts: np.ndarray,
+        seg_chars: np.ndarray,
+        hashes: np.ndarray,
+        missing: np.ndarray,
+    ) -> np.ndarray:
+        """Tokenise and cache the missing segments; their slots, in ``missing`` order."""
+        new_hashes, first, inverse = np.unique(
+            hashes[missing], return_index=True, return_inverse=True
+        )
+        where = np.flatnonzero(missing)[first]
+        flat, lengths = self._segment_tokens(
+            [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
+        )
+        first_slot = self.cached_segments
+        self._token_starts.extend(len(self._tokens) + _exclusive_cumsum(lengths))
+        self._token_counts.extend(lengths)
+        self._tokens.extend(flat)
+        self._hashes.extend(new_hashes)
+        self._recent.update(zip(new_hashes.tolist(), range(first_slot, first_slot + len(lengths))))
+        if len(self._recent) > max(4096, len(self._frozen) // 4):
+            self._freeze()
+        return first_slot + inverse.reshape(-1)
+
+    def _segment_tokens(self, segments: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of each segment, flat, and their counts.
+
+        Segments are tokenised in chunks joined by NUL: no vocabulary piece holds NUL, so it
+        cuts like any unjoinable pair and comes back as its own byte-fallback token, which
+        marks where one segment's tokens end. That is ~8x cheaper than one encode per
+        segment. The rare segments that contain NUL themselves are encoded one by one.
+        """
+        if SEPARATOR in "".join(segments):
+            encoded = self._segment_tokenizer.encode_batch_fast(segments, add_special_tokens=False)
+            lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(segments))
+            flat = np.fromiter((t for e in encoded for t in e.ids), np.int64, int(lengths.sum()))
+            return flat, lengths
+        chunks = [
+            SEPARATOR.join(segments[i : i + SEGMENTS_PER_CHUNK])
+            for i in range(0, len(segments), SEGMENTS_PER_CHUNK)
+        ]
+        encoded = self._segment_tokenizer.encode_batch_fast(chunks, add_special_tokens=False)
+        flats, lengths = [], []
+        for chunk in encoded:
+            ids = np.asarray(chunk.ids, dtype=np.int64)
+            separators = np.flatnonzero(ids == self._separator_id)
+            lengths.append(np.diff(np.concatenate([[-1], separators, [len(ids)]])) - 1)
+            flats.append(np.delete(ids, separators))
+        return np.concatenate(flats), np.concatenate(lengths)
+
+    def _splice_reference(
+        self, texts: list[str], special: list[int], flat: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Put the reference tokenizer's tokens in the (empty) runs of the ``special`` texts."""
+        encoded = self._reference.encode_batch_fast(
+            [texts[i] for i in special], add_special_tokens=False
+        )
+        offsets = _exclusive_cumsum(counts)
+        counts = counts.copy()
+        pieces, start = [], 0
+        for i, e in zip(special, encoded):
+            pieces += [flat[start : offsets[i]], np.asarray(e.ids, dtype=np.int64)]
+            start = offsets[i]
+            counts[i] = len(e.ids)
+        pieces.append(flat[start:])
+        return np.concatenate(pieces), counts
+
+
+class _GrowingArray:
+    """A 1-d array that doubles its capacity when full, so appending k values costs O(k)."""
+
+    def __init__(self, dtype: type) -> None:
+        self._data = np.zeros(1024, dtype=dtype)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self._size + len(values)
+        if end > len(self._data):
+            grown = np.zeros(max(end, 2 * len(self._data)), dtype=self._data.dtype)
+            grown[: self._size] = self.values
+            self._data = grown
+        self._data[self._size : end] = values
+        self._size = end
+
+
+def _joinable_pairs(vocab: dict[str, int]) -> np.ndarray:
+    """Flat [_ALPHABET**2] mask: may characters a, b (small alphabet) sit next to each other
+    inside one vocabulary piece? Where not, a text may be cut between them."""
+    joinable = np.zeros((_ALPHABET, _ALPHABET), dtype=bool)
+    joinable[_OTHER, :] = joinable[:, _OTHER] = True
+    for piece in vocab:
+        if len(piece) > 1:
+            small = _SMALL_OF_BMP[np.minimum([ord(c) for c in piece], 0xFFFF)]
+            joinable[small[:-1], small[1:]] = True
+    return joinable.ravel()
+
+
+_POWER_TABLES: list[np.ndarray] = []
+
+
+def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Powers of the hash base and of its inverse modulo 2**64, at least ``size`` of each.
+
+    Shared by all tokenizers and sized for a whole pass up front, so steady use never
+    rebuilds them (2 x 8 MiB).
+    """
+    if not _POWER_TABLES or len(_POWER_TABLES[0]) < size:
+        size = max(size, MAX_CHARS_PER_PASS + 1)
+        tables = []
+        for base in (_HASH_BASE, _HASH_BASE_INVERSE):
+            factors = np.full(size, base, dtype=np.uint64)
+            factors[0] = 1
+            with np.errstate(over="ignore"):
+                tables.append(np.cumprod(factors, dtype=np.uint64))
+        _POWER_TABLES[:] = tables
+    return _POWER_TABLES[0], _POWER_TABLES[1]
+
+
+def _exclusive_cumsum(values: Any) -> np.ndarray:
+    values = np.asarray(values, dtype=np.int64)
+    out = np.zeros(len(values), dtype=np.int64)
+    np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+def _gather_runs(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([values[s:s + n] for s, n in zip(starts, lengths)])`` without a loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=values.dtype)
+    index = np.repeat(starts - _exclusive_cumsum(lengths), lengths)
+    index += np.arange(total)
+    return values[index]
+
+
+def _truncate(
+    flat: np.ndarray, offsets: np.ndarray, counts: np.ndarray, max_tokens: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    position = np.arange(len(flat)) - np.repeat(offsets, counts)
+    flat = flat[position < max_tokens]
+    counts = np.minimum(counts, max_tokens)
+    return flat, _exclusive_cumsum(counts), counts
