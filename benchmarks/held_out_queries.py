@@ -4,7 +4,7 @@ The wordllama embedder caches the tokens of every text segment it has seen (see
 ``prefroute.embed.segment_tokenizer``), so a prompt that was embedded before, or whose words
 were, costs less the second time. Timing it honestly needs prompts the process has never
 embedded, and the same cache state for every method compared: ``reset_token_cache`` empties
-the cache and embeds a fixed warm-up set (other prompts from the same pool, standing in for
+the caches and embeds a fixed warm-up set (other prompts from the same pool, standing in for
 the traffic a running router has already seen) before each timed run, and the timed prompts
 are never part of any warm-up set.
 """
@@ -46,7 +46,10 @@ def split_pool(pool: list[str], **sizes: int) -> dict[str, list[str]]:
 
 
 def reset_token_cache(embedder: Embedder, warm_up: list[str]) -> None:
-    """Empty the tokenizer caches, then embed ``warm_up`` (empty: a cold start)."""
+    """Empty the tokenizer caches, then embed ``warm_up`` (empty: a cold start), in one batch
+    and one text at a time: each fills the cache of its own path (segments and words)."""
     clear_token_caches()
     if warm_up:
         embedder.encode(warm_up)
+        for text in warm_up:
+            embedder.encode(text)

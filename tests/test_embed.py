@@ -225,6 +225,9 @@ def test_segment_tokenizer_is_exact_on_every_shared_prompt(data_dir: Path) -> No
     assert segmented.encode_batch(texts).to_lists() == expected  # cold cache
     assert segmented.encode_batch(texts).to_lists() == expected  # every segment cached
     assert 10_000 < segmented.cached_segments < 200_000
+    # One text per call takes the word-dict path: the same tokens again.
+    one_by_one = SegmentTokenizer(reference)
+    assert [one_by_one.encode_batch([t]).ids.tolist() for t in texts] == expected
     # Batches of other sizes, and a cache that keeps being emptied, give the same tokens.
     small_cache = SegmentTokenizer(reference, max_segments=500)
     for size in (1, 7, 333):

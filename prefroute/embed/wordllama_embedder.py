@@ -172,8 +172,6 @@ class WordLlamaEmbedder(Embedder):
         return mean_of_token_vectors(table, tokens)
 
 
-# Below this many texts a call's fixed numpy/pandas cost outweighs what segment caching saves.
-SEGMENT_PATH_MIN_TEXTS = 2
 
 
 def _tokenize(
@@ -184,7 +182,7 @@ def _tokenize(
     if state is None:
         state = model._prefroute_tokenizers = _build_tokenizers(model, max_tokens)
     reference, segmented = state
-    if segment_cache and segmented is not None and len(texts) >= SEGMENT_PATH_MIN_TEXTS:
+    if segment_cache and segmented is not None:
         return segmented.encode_batch(texts)
     encoded = reference.encode_batch_fast(texts, add_special_tokens=False)
     rows = [np.array(e.ids, dtype=np.int64) for e in encoded]
