@@ -23,22 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from prefroute.data.loaders import load_source
-from prefroute.data.outcomes import load_outcomes
+from prefroute.data import distinct_prompts
 from prefroute.embed import WordLlamaEmbedder, build_embedder
 from prefroute.embed.wordllama_embedder import _load_model, clear_token_caches
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def distinct_prompts(data_dir: Path) -> list[str]:
-    """Every distinct prompt in the shared data (battles and outcome tables)."""
-    prompts: dict[str, None] = {}
-    for source in ("alpaca_eval", "mt_bench_human"):
-        prompts.update(dict.fromkeys(load_source(source, data_dir).table["prompt"].to_pylist()))
-    for table in ("mt-bench", "mmlu", "gsm8k", "mmlu_pro", "routerbench"):
-        prompts.update(dict.fromkeys(load_outcomes(table, data_dir).prompts))
-    return list(prompts)
 
 
 def timed(encode: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[dict, np.ndarray]:

@@ -194,14 +194,9 @@ EDGE_TEXTS = [
 
 
 def _all_shared_prompts(data_dir: Path) -> list[str]:
-    from prefroute.data import load_outcomes, load_source
+    from prefroute.data import distinct_prompts
 
-    prompts: dict[str, None] = {}
-    for source in ("alpaca_eval", "mt_bench_human"):
-        prompts.update(dict.fromkeys(load_source(source, data_dir).table["prompt"].to_pylist()))
-    for table in ("mt-bench", "mmlu", "gsm8k", "mmlu_pro", "routerbench"):
-        prompts.update(dict.fromkeys(load_outcomes(table, data_dir).prompts))
-    return list(prompts)
+    return distinct_prompts(data_dir)
 
 
 def _wordllama_tokenizer():  # the tokenizer exactly as the wheel ships it, no padding

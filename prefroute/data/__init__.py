@@ -7,6 +7,7 @@ from prefroute.data.decontaminate import ContaminationReport, decontaminate, fin
 from prefroute.data.loaders import (
     NAMED_SOURCES,
     apply_aliases,
+    distinct_prompts,
     first_user_turn,
     golden_battles,
     load_arena,
@@ -38,6 +39,7 @@ __all__ = [
     "clean_battles",
     "decontaminate",
     "default_data_dir",
+    "distinct_prompts",
     "drop_duplicates",
     "drop_short_prompts",
     "find_contamination",

@@ -321,3 +321,13 @@ def load_source(
     raise DataError(
         f"unknown data source {name!r}: not a file and not one of {list(NAMED_SOURCES)}"
     )
+
+
+def distinct_prompts(data_dir: str | Path) -> list[str]:
+    """Every distinct prompt under ``data_dir`` (battles and outcome tables), first seen first."""
+    prompts: dict[str, None] = {}
+    for source in ("alpaca_eval", "mt_bench_human"):
+        prompts.update(dict.fromkeys(load_source(source, data_dir).prompts))
+    for table in ("mt-bench", "mmlu", "gsm8k", "mmlu_pro", "routerbench"):
+        prompts.update(dict.fromkeys(load_outcomes(table, data_dir).prompts))
+    return list(prompts)
