@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 
+from prefroute._torch_util import torch_threads
 from prefroute.data.aliases import ModelAliases
 from prefroute.data.battles import Battles
 from prefroute.data.loaders import apply_aliases, load_source
 from prefroute.embed import CachedEmbedder, build_embedder
-from prefroute.routers.mf import MFNet, MFRouter, torch_threads
+from prefroute.routers.mf import MFNet, MFRouter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from held_out_queries import QUERY_TABLES, query_pool, reset_token_cache, split_pool  # noqa: E402

@@ -12,10 +12,9 @@ embedder's state, an encoder's weights and tokenizer). Nothing is pickled.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,22 +52,6 @@ def load_multi_router(directory: str | Path) -> MultiRouter:
 
 class NotFittedError(ConfigError):
     """A router was used before ``fit`` or ``from_pretrained``."""
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads, restoring the process setting afterwards."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def check_int(owner: str, name: str, value: object, low: int = 1) -> None:

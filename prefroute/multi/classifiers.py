@@ -19,6 +19,7 @@ import numpy as np
 from scipy.special import expit, logit
 
 from prefroute._logging import logger
+from prefroute._torch_util import torch_threads
 from prefroute.errors import ConfigError, check_range
 from prefroute.multi.base import (
     EmbeddingRouter,
@@ -26,7 +27,6 @@ from prefroute.multi.base import (
     masked_mean,
     register_multi_router,
     split_validation,
-    torch_threads,
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from prefroute._logging import logger
+from prefroute._torch_util import torch_threads
 from prefroute.errors import CheckpointError, ConfigError, check_range
 from prefroute.multi.base import (
     MultiRouter,
@@ -28,7 +29,6 @@ from prefroute.multi.base import (
     masked_mean,
     register_multi_router,
     split_validation,
-    torch_threads,
 )
 from prefroute.multi.classifiers import label_tensors, masked_bce
 

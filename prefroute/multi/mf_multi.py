@@ -29,13 +29,13 @@ import numpy as np
 from scipy.special import expit
 
 from prefroute._logging import logger
+from prefroute._torch_util import torch_threads
 from prefroute.errors import check_choice, check_range
 from prefroute.multi.base import (
     EmbeddingRouter,
     check_int,
     register_multi_router,
     split_validation,
-    torch_threads,
 )
 from prefroute.multi.classifiers import label_tensors, masked_bce
 

@@ -20,11 +20,10 @@ and indexes the embeddings per battle.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prefroute._logging import logger
+from prefroute._torch_util import torch_threads
 from prefroute.data.battles import Battles
 from prefroute.embed import build_embedder
 from prefroute.embed.base import Embedder
@@ -86,20 +86,6 @@ class MFNet(nn.Module):
         a = torch.full((n,), model_a, dtype=torch.long)
         b = torch.full((n,), model_b, dtype=torch.long)
         return torch.sigmoid(self(a, b, prompt_embeddings))
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch ops with ``n`` intra-op threads, restoring the process setting afterwards."""
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _distinct_index(values: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from prefroute._logging import logger
+from prefroute._torch_util import torch_threads
 from prefroute.data.battles import Battles
 from prefroute.errors import CheckpointError, ConfigError, DataError, check_choice, check_range
 from prefroute.routers.base import WinPredictor
@@ -281,22 +282,6 @@ def _linear_module_names(model: Any) -> list[str]:
         if isinstance(module, torch.nn.Linear) and _LAYER_INDEX.search(name + ".")
     }
     return sorted(names)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch with ``n`` intra-op threads, restoring the process setting afterwards."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
