@@ -157,6 +157,18 @@ def test_wordllama_empty_inputs() -> None:
     assert vectors.shape == (2, 256) and np.isfinite(vectors).all()
 
 
+def test_wordllama_names_the_text_that_is_not_valid_unicode() -> None:
+    from prefroute.errors import DataError
+
+    texts = ["fine"] * 5 + ["broken \ud800 text"] * 10  # a lone surrogate, as from bad decoding
+    for segment_cache in (True, False):
+        embedder = WordLlamaEmbedder(segment_cache=segment_cache)
+        with pytest.raises(DataError, match=r"row 5, field 'text': is not valid Unicode"):
+            embedder.encode(texts)
+        with pytest.raises(DataError, match="row 0"):
+            embedder.encode(texts[5])
+
+
 def test_wordllama_makes_no_network_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     _block_network(monkeypatch)
     with pytest.raises(AssertionError, match="network access attempted"):

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from prefroute.errors import ConfigError
+from prefroute.errors import ConfigError, DataError
 
 EMBEDDERS: dict[str, type[Embedder]] = {}
 
@@ -58,7 +58,13 @@ class Embedder(ABC):
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch_size = batch_size or self.default_batch_size
-        parts = [self._encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        try:
+            parts = [
+                self._encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+            ]
+        except (UnicodeError, TypeError):
+            _raise_on_invalid_text(texts)
+            raise
         vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
         vectors = np.array(vectors, dtype=np.float32, order="C")  # a copy we may normalise
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -74,6 +80,23 @@ class Embedder(ABC):
 
     def load_state(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Read learned state written by ``save_state``."""
+
+
+def _raise_on_invalid_text(texts: list[str]) -> None:
+    """A clear error for the first text that is not a string or not valid Unicode (a lone
+    surrogate, from badly decoded input), which tokenizers reject with obscure messages."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"is {type(text).__name__}, not a string", row=i, field="text")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise DataError(
+                f"is not valid Unicode ({error.reason}: {text[error.start]!r} at character "
+                f"{error.start})",
+                row=i,
+                field="text",
+            ) from None
 
 
 def build_embedder(spec: str | dict[str, Any] | Embedder) -> Embedder:
