@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefroute._logging import logger
+from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
@@ -174,17 +175,8 @@ class Battles:
     @classmethod
     def read_jsonl(cls, path: str | Path) -> Battles:
         """Read a battles JSONL file (one object per line)."""
-        path = str(path)
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg})", file=path, row=i) from None
-        return cls.from_records(records, file=path)
+        records = [record for _, record in iter_jsonl(path)]
+        return cls.from_records(records, file=str(path))
 
     def to_jsonl(self, path: str | Path) -> None:
         with open(path, "w", encoding="utf-8") as f:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from prefroute._logging import logger
+from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
 
 csv.field_size_limit(1 << 30)
@@ -383,22 +384,10 @@ def load_outcomes(name: str, data_dir: str | Path) -> OutcomeTable:
 
 
 def _read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
-    path_s = str(path)
-    if not path.exists():
-        raise DataError("file not found", file=path_s)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", file=path_s, row=i) from None
-            if not isinstance(row, dict):
-                raise DataError("expected a JSON object", file=path_s, row=i)
-            for name in required:
-                if name not in row:
-                    raise DataError("missing field", file=path_s, row=i, field=name)
-            rows.append(row)
+    for i, row in iter_jsonl(path):
+        for name in required:
+            if name not in row:
+                raise DataError("missing field", file=str(path), row=i, field=name)
+        rows.append(row)
     return rows

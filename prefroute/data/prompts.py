@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefroute._logging import logger
+from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
 
 
@@ -19,22 +19,13 @@ def read_prompts(path: str | Path) -> list[str]:
         raise DataError("file not found", file=str(path))
     prompts: list[str] = []
     if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON ({e.msg})", file=str(path), row=i) from None
-                if not isinstance(row, dict) or "prompt" not in row:
-                    raise DataError("missing field", file=str(path), row=i, field="prompt")
-                prompt = row["prompt"]
-                if not isinstance(prompt, str) or not prompt.strip():
-                    raise DataError(
-                        "empty or non-text prompt", file=str(path), row=i, field="prompt"
-                    )
-                prompts.append(prompt)
+        for i, row in iter_jsonl(path):
+            if "prompt" not in row:
+                raise DataError("missing field", file=str(path), row=i, field="prompt")
+            prompt = row["prompt"]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DataError("empty or non-text prompt", file=str(path), row=i, field="prompt")
+            prompts.append(prompt)
     else:
         blank = 0
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +15,28 @@ from prefroute.errors import DataError
 csv.field_size_limit(1 << 30)
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file.
+
+    A missing file, a line that is not JSON, or one that is not an object is a DataError
+    naming the file and the line.
+    """
+    name = str(path)
+    if not Path(path).exists():
+        raise DataError("file not found", file=name)
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e.msg})", file=name, row=i) from None
+            if not isinstance(row, dict):
+                raise DataError("expected a JSON object", file=name, row=i)
+            yield i, row
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -27,19 +50,7 @@ def read_records(path: str | Path) -> list[dict]:
         raise DataError("file not found", file=name)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"not valid JSON Lines ({e.msg})", file=name, row=i) from None
-                if not isinstance(row, dict):
-                    raise DataError("expected a JSON object per line", file=name, row=i)
-                rows.append(row)
-        return rows
+        return [row for _, row in iter_jsonl(path)]
     if suffix == ".json":
         try:
             with open(path, encoding="utf-8") as f:

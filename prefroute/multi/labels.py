@@ -9,7 +9,6 @@ per prompt and model, majority vote compared with the gold answer).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from prefroute._logging import logger
 from prefroute.data.outcomes import OutcomeTable
+from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import ConfigError, DataError, check_choice
 
 
@@ -266,18 +266,4 @@ def labels_from_generation_records(
 
 
 def _read_jsonl_records(path: Path) -> list[dict]:
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON ({e.msg})", file=str(path), row=i) from None
-            if not isinstance(rec, dict):
-                raise DataError("expected a JSON object", file=str(path), row=i)
-            out.append(rec)
-    return out
+    return [record for _, record in iter_jsonl(path)]
