@@ -99,6 +99,11 @@ def _raise_on_invalid_text(texts: list[str]) -> None:
             ) from None
 
 
+def spec_if_embedder(value: Any) -> Any:
+    """``value.spec()`` for an embedder instance (so parameters stay JSON), else ``value``."""
+    return value.spec() if isinstance(value, Embedder) else value
+
+
 def build_embedder(spec: str | dict[str, Any] | Embedder) -> Embedder:
     """An embedder from a name (``"wordllama"``), a spec dict, or an embedder instance."""
     if isinstance(spec, Embedder):

@@ -23,6 +23,7 @@ import numpy as np
 from prefroute._logging import logger
 from prefroute.checkpoint import load_tensors, read_config, save_tensors, write_config
 from prefroute.data.outcomes import OutcomeTable
+from prefroute.embed.base import spec_if_embedder
 from prefroute.errors import CheckpointError, ConfigError, DataError
 from prefroute.multi.labels import MultiLabels, labels_from_outcomes
 
@@ -107,7 +108,7 @@ class MultiRouter(ABC):
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable, as config.json records them."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: spec_if_embedder(getattr(self, name)) for name in self._param_names()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -267,14 +268,6 @@ class EmbeddingRouter(MultiRouter):
 
     def __init__(self, *, embedder: str | dict[str, Any] | Any = "wordllama") -> None:
         self.embedder = embedder
-
-    def get_params(self) -> dict[str, Any]:
-        from prefroute.embed import Embedder
-
-        params = super().get_params()
-        if isinstance(params["embedder"], Embedder):
-            params["embedder"] = params["embedder"].spec()
-        return params
 
     def _fit_embedder(self, prompts: list[str]) -> np.ndarray:
         """Build (and fit, if it learns) the embedder; return the training embeddings."""

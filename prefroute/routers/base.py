@@ -19,6 +19,7 @@ import numpy as np
 
 from prefroute.checkpoint import load_tensors, read_config, save_tensors, write_config
 from prefroute.data.battles import Battles
+from prefroute.embed.base import spec_if_embedder
 from prefroute.errors import CheckpointError, ConfigError
 
 ROUTERS: dict[str, type[WinPredictor]] = {}
@@ -91,7 +92,7 @@ class WinPredictor(ABC):
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable, as config.json records them."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: spec_if_embedder(getattr(self, name)) for name in self._param_names()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

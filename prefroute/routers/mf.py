@@ -185,12 +185,6 @@ class MFRouter(WinPredictor):
         self.torch_threads = torch_threads
         self.progress = progress
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(params["embedder"], Embedder):
-            params["embedder"] = params["embedder"].spec()
-        return params
-
     # checks ---------------------------------------------------------------------------
     def _check_params(self) -> None:
         owner = type(self).__name__

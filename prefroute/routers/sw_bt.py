@@ -293,12 +293,6 @@ class SWBTRouter(WinPredictor):
         self.reg = reg
         self.batch_size = batch_size
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        if isinstance(params["embedder"], Embedder):
-            params["embedder"] = params["embedder"].spec()
-        return params
-
     # checks ---------------------------------------------------------------------------
     def _check_params(self) -> None:
         owner = type(self).__name__
