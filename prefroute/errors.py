@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class PrefrouteError(Exception):
     """Base class: a known failure with a message written for the user."""
@@ -43,6 +45,20 @@ def check_choice(name: str, owner: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(
             f"The '{name}' parameter of {owner} must be one of {list(allowed)}. "
+            f"Got {value!r} instead."
+        )
+
+
+def check_int(
+    name: str, owner: str, value: object, *, low: int = 1, optional: bool = False
+) -> None:
+    """Raise ConfigError unless ``value`` is an int >= ``low`` (or None, when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        none = " or None" if optional else ""
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be an int >= {low}{none}. "
             f"Got {value!r} instead."
         )
 

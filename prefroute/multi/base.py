@@ -55,13 +55,6 @@ class NotFittedError(ConfigError):
     """A router was used before ``fit`` or ``from_pretrained``."""
 
 
-def check_int(owner: str, name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be an int >= {low}. Got {value!r} instead."
-        )
-
-
 def split_validation(n: int, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask over n rows, True = validation (seeded; empty when fraction is 0)."""
     is_val = np.zeros(n, dtype=bool)

@@ -20,10 +20,9 @@ from scipy.special import expit, logit
 
 from prefroute._logging import logger
 from prefroute._torch_util import torch_threads
-from prefroute.errors import ConfigError, check_range
+from prefroute.errors import ConfigError, check_int, check_range
 from prefroute.multi.base import (
     EmbeddingRouter,
-    check_int,
     masked_mean,
     register_multi_router,
     split_validation,
@@ -102,9 +101,9 @@ class MLCRouter(EmbeddingRouter):
 
     def _check_params(self) -> None:
         owner = type(self).__name__
-        check_int(owner, "hidden", self.hidden, low=0)
+        check_int("hidden", owner, self.hidden, low=0)
         for name in ("epochs", "batch_size", "patience"):
-            check_int(owner, name, getattr(self, name))
+            check_int(name, owner, getattr(self, name))
         check_range("dropout", owner, self.dropout, low=0.0, high=1.0, high_inclusive=False)
         check_range("lr", owner, self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", owner, self.weight_decay, low=0.0)
@@ -264,7 +263,7 @@ class SCRouter(EmbeddingRouter):
 
         owner = type(self).__name__
         check_range("C", owner, self.C, low=0.0, low_inclusive=False)
-        check_int(owner, "max_iter", self.max_iter)
+        check_int("max_iter", owner, self.max_iter)
         if self.class_weight not in (None, "balanced"):
             raise ConfigError(
                 f"The 'class_weight' parameter of {owner} must be None or 'balanced'. "

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from prefroute._logging import logger
-from prefroute.errors import check_range
-from prefroute.multi.base import EmbeddingRouter, check_int, masked_mean, register_multi_router
+from prefroute.errors import check_int, check_range
+from prefroute.multi.base import EmbeddingRouter, masked_mean, register_multi_router
 
 
 def nearest_centroid(X: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -65,8 +65,8 @@ class KMeansRouter(EmbeddingRouter):
         from sklearn.cluster import KMeans
 
         owner = type(self).__name__
-        check_int(owner, "n_clusters", self.n_clusters)
-        check_int(owner, "n_init", self.n_init)
+        check_int("n_clusters", owner, self.n_clusters)
+        check_int("n_init", owner, self.n_init)
         check_range("smoothing", owner, self.smoothing, low=0.0)
         X = self._fit_embedder(prompts).astype(np.float64)
         k = min(self.n_clusters, len(prompts))

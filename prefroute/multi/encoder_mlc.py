@@ -22,10 +22,9 @@ import numpy as np
 
 from prefroute._logging import logger
 from prefroute._torch_util import torch_threads
-from prefroute.errors import CheckpointError, ConfigError, check_range
+from prefroute.errors import CheckpointError, ConfigError, check_int, check_range
 from prefroute.multi.base import (
     MultiRouter,
-    check_int,
     masked_mean,
     register_multi_router,
     split_validation,
@@ -125,7 +124,7 @@ class EncoderMLCRouter(MultiRouter):
     def _check_params(self) -> None:
         owner = type(self).__name__
         for name in ("max_length", "epochs", "batch_size"):
-            check_int(owner, name, getattr(self, name))
+            check_int(name, owner, getattr(self, name))
         check_range("lr", owner, self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", owner, self.weight_decay, low=0.0)
         check_range("warmup_ratio", owner, self.warmup_ratio, low=0.0, high=1.0)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from prefroute.errors import check_range
-from prefroute.multi.base import EmbeddingRouter, check_int, masked_mean, register_multi_router
+from prefroute.errors import check_int, check_range
+from prefroute.multi.base import EmbeddingRouter, masked_mean, register_multi_router
 
 
 @register_multi_router
@@ -44,7 +44,7 @@ class KNNRouter(EmbeddingRouter):
         self.smoothing = smoothing
 
     def _fit(self, prompts: list[str], labels: np.ndarray) -> None:
-        check_int(type(self).__name__, "k", self.k)
+        check_int("k", type(self).__name__, self.k)
         check_range("smoothing", type(self).__name__, self.smoothing, low=0.0)
         self.train_embeddings_ = np.ascontiguousarray(self._fit_embedder(prompts), dtype=np.float32)
         self.train_labels_ = labels.astype(np.float64)

@@ -30,10 +30,9 @@ from scipy.special import expit
 
 from prefroute._logging import logger
 from prefroute._torch_util import torch_threads
-from prefroute.errors import check_choice, check_range
+from prefroute.errors import check_choice, check_int, check_range
 from prefroute.multi.base import (
     EmbeddingRouter,
-    check_int,
     register_multi_router,
     split_validation,
 )
@@ -131,7 +130,7 @@ class MultiMFRouter(EmbeddingRouter):
     def _check_params(self) -> None:
         owner = type(self).__name__
         for name in ("dim", "epochs", "batch_size", "patience"):
-            check_int(owner, name, getattr(self, name))
+            check_int(name, owner, getattr(self, name))
         check_choice("objective", owner, self.objective, ("pointwise", "pairwise"))
         check_choice("model_bias", owner, self.model_bias, (True, False))
         check_range("lr", owner, self.lr, low=0.0, low_inclusive=False)

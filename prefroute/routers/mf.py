@@ -41,7 +41,14 @@ from prefroute._torch_util import torch_threads
 from prefroute.data.battles import Battles
 from prefroute.embed import build_embedder
 from prefroute.embed.base import Embedder
-from prefroute.errors import CheckpointError, ConfigError, DataError, check_choice, check_range
+from prefroute.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    check_choice,
+    check_int,
+    check_range,
+)
 from prefroute.routers.base import NotFittedError, WinPredictor, register_router
 
 _TIES = ("tie", "tie (bothbad)")
@@ -189,11 +196,7 @@ class MFRouter(WinPredictor):
     def _check_params(self) -> None:
         owner = type(self).__name__
         for name in ("dim", "epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(
-                    f"The '{name}' parameter of {owner} must be an int >= 1. Got {value!r} instead."
-                )
+            check_int(name, owner, getattr(self, name))
         check_range("lr", owner, self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", owner, self.weight_decay, low=0.0)
         check_range("val_fraction", owner, self.val_fraction, low=0.0, high=1.0,
@@ -203,13 +206,7 @@ class MFRouter(WinPredictor):
         check_choice("use_soft_labels", owner, self.use_soft_labels, (True, False))
         check_choice("restore_best", owner, self.restore_best, (True, False))
         check_choice("projection_bias", owner, self.projection_bias, (True, False))
-        if self.torch_threads is not None and (
-            not isinstance(self.torch_threads, int) or self.torch_threads < 1
-        ):
-            raise ConfigError(
-                f"The 'torch_threads' parameter of {owner} must be an int >= 1 or None. "
-                f"Got {self.torch_threads!r} instead."
-            )
+        check_int("torch_threads", owner, self.torch_threads, optional=True)
 
     def _model_index(self, model: str) -> int:
         try:

@@ -45,7 +45,14 @@ from prefroute.data.ratings import BTRatings, fit_bt_batched, fit_ratings
 from prefroute.data.tiers import ModelTiers, tiers_from_ratings
 from prefroute.embed import build_embedder
 from prefroute.embed.base import Embedder
-from prefroute.errors import CheckpointError, ConfigError, DataError, check_choice, check_range
+from prefroute.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    check_choice,
+    check_int,
+    check_range,
+)
 from prefroute.routers.base import WinPredictor, register_router
 
 _TIES = ("tie", "tie (bothbad)")
@@ -308,20 +315,9 @@ class SWBTRouter(WinPredictor):
         check_choice("ties", owner, self.ties, ("half", "drop"))
         check_choice("use_soft_labels", owner, self.use_soft_labels, (True, False))
         check_range("reg", owner, self.reg, low=0.0, low_inclusive=False)
-        for name, low, optional in (
-            ("num_tiers", 0, True),
-            ("top_k", 1, True),
-            ("batch_size", 1, False),
-        ):
-            value = getattr(self, name)
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                none = " or None" if optional else ""
-                raise ConfigError(
-                    f"The '{name}' parameter of {owner} must be an int >= {low}{none}. "
-                    f"Got {value!r} instead."
-                )
+        check_int("num_tiers", owner, self.num_tiers, low=0, optional=True)
+        check_int("top_k", owner, self.top_k, optional=True)
+        check_int("batch_size", owner, self.batch_size)
         if self.index_params is not None:
             if not isinstance(self.index_params, dict):
                 raise ConfigError(
