@@ -24,19 +24,64 @@ from prefroute.serve.settings import ROUTING_TEXTS, RoutersSpec, UpstreamSetting
 _NO_KEY = "EMPTY"  # the openai client needs a key; servers without auth ignore this one
 
 
+class _Chat:
+    def __init__(self, completions: Any) -> None:
+        self.completions = completions
+
+
+class _Completions:
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def create(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """Route, then ``chat.completions.create`` on the chosen side (same kwargs, stream too)."""
+        decision = self._controller.route(model, messages)
+        client = self._controller.clients[decision.side]
+        return client.chat.completions.create(
+            model=decision.upstream_model, messages=messages, **kwargs
+        )
+
+
+class _AsyncCompletions:
+    def __init__(self, controller: AsyncController) -> None:
+        self._controller = controller
+
+    async def create(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """Route (in a thread), then ``await chat.completions.create`` on the chosen side."""
+        decision = await self._controller.aroute(model, messages)
+        client = self._controller.clients[decision.side]
+        return await client.chat.completions.create(
+            model=decision.upstream_model, messages=messages, **kwargs
+        )
+
+
 class _RoutingCore:
+    """What ``Controller`` and ``AsyncController`` share; each names its openai client class
+    and its completions shape."""
+
+    _client_class: Any
+    _completions_class: Any
+
     def __init__(
         self,
         routers: RoutersSpec,
-        strong: UpstreamSettings | None,
-        weak: UpstreamSettings | None,
-        routing_text: str,
+        *,
+        strong: UpstreamSettings | None = None,
+        weak: UpstreamSettings | None = None,
+        routing_text: str = "last-user",
+        timeout: float = 60.0,
+        max_retries: int = 2,
     ) -> None:
         check_choice("routing_text", type(self).__name__, routing_text, ROUTING_TEXTS)
         self.strong = strong or UpstreamSettings()
         self.weak = weak or UpstreamSettings()
         self.routing_text = routing_text
         self.table = RouterTable(resolve_routers(routers), self.strong, self.weak)
+        self.clients = {
+            name: self._client_class(**self._client_args(side, timeout, max_retries))
+            for name, side in (("strong", self.strong), ("weak", self.weak))
+        }
+        self.chat = _Chat(self._completions_class(self))
 
     def route(self, model: str, messages: list[dict[str, Any]]) -> RoutingDecision:
         """Where a request would go (scores the prompt; calls nothing)."""
@@ -70,22 +115,8 @@ class Controller(_RoutingCore):
     timeout: seconds per upstream call; max_retries: the openai client's retries.
     """
 
-    def __init__(
-        self,
-        routers: RoutersSpec,
-        *,
-        strong: UpstreamSettings | None = None,
-        weak: UpstreamSettings | None = None,
-        routing_text: str = "last-user",
-        timeout: float = 60.0,
-        max_retries: int = 2,
-    ) -> None:
-        super().__init__(routers, strong, weak, routing_text)
-        self.clients = {
-            "strong": openai.OpenAI(**self._client_args(self.strong, timeout, max_retries)),
-            "weak": openai.OpenAI(**self._client_args(self.weak, timeout, max_retries)),
-        }
-        self.chat = _Chat(_Completions(self))
+    _client_class = openai.OpenAI
+    _completions_class = _Completions
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -101,22 +132,8 @@ class Controller(_RoutingCore):
 class AsyncController(_RoutingCore):
     """The asyncio twin of ``Controller`` (same parameters), shaped like ``openai.AsyncOpenAI``."""
 
-    def __init__(
-        self,
-        routers: RoutersSpec,
-        *,
-        strong: UpstreamSettings | None = None,
-        weak: UpstreamSettings | None = None,
-        routing_text: str = "last-user",
-        timeout: float = 60.0,
-        max_retries: int = 2,
-    ) -> None:
-        super().__init__(routers, strong, weak, routing_text)
-        self.clients = {
-            "strong": openai.AsyncOpenAI(**self._client_args(self.strong, timeout, max_retries)),
-            "weak": openai.AsyncOpenAI(**self._client_args(self.weak, timeout, max_retries)),
-        }
-        self.chat = _Chat(_AsyncCompletions(self))
+    _client_class = openai.AsyncOpenAI
+    _completions_class = _AsyncCompletions
 
     async def aroute(self, model: str, messages: list[dict[str, Any]]) -> RoutingDecision:
         """``route`` in a worker thread, so the event loop is not blocked by the embedding."""
@@ -131,34 +148,3 @@ class AsyncController(_RoutingCore):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-class _Chat:
-    def __init__(self, completions: Any) -> None:
-        self.completions = completions
-
-
-class _Completions:
-    def __init__(self, controller: Controller) -> None:
-        self._controller = controller
-
-    def create(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        """Route, then ``chat.completions.create`` on the chosen side (same kwargs, stream too)."""
-        decision = self._controller.route(model, messages)
-        client = self._controller.clients[decision.side]
-        return client.chat.completions.create(
-            model=decision.upstream_model, messages=messages, **kwargs
-        )
-
-
-class _AsyncCompletions:
-    def __init__(self, controller: AsyncController) -> None:
-        self._controller = controller
-
-    async def create(self, *, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        """Route (in a thread), then ``await chat.completions.create`` on the chosen side."""
-        decision = await self._controller.aroute(model, messages)
-        client = self._controller.clients[decision.side]
-        return await client.chat.completions.create(
-            model=decision.upstream_model, messages=messages, **kwargs
-        )
