@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import openai
 from openai.types.chat import ChatCompletion
 
-from data_aug.costs import estimate_tokens
 from prefroute._logging import logger
 from prefroute.errors import ConfigError, PrefrouteError, check_range
 
@@ -161,6 +160,8 @@ class ChatEndpoint:
                         timeout=cfg.timeout_s)
             except (openai.APITimeoutError, asyncio.TimeoutError):
                 errors.append("timeout")
+            except ValueError:  # a 200 whose body is not JSON (openai raises JSONDecodeError)
+                errors.append("malformed answer: the body is not JSON")
             except openai.APIConnectionError as e:
                 errors.append(f"connection: {type(e.__cause__ or e).__name__}")
             except openai.RateLimitError as e:
@@ -183,7 +184,10 @@ class ChatEndpoint:
                         on_error(errors[-1], attempt + 1)
                     raise CallFailed(f"HTTP {e.status_code}: {_short(e)}", errors) from None
             else:
-                return _result(response, attempt + 1, errors, messages)
+                try:
+                    return _result(response, attempt + 1, errors)
+                except MalformedAnswer as e:  # a 200 we cannot use: retried like a 5xx
+                    errors.append(f"malformed answer: {e}")
             if on_error is not None:
                 on_error(errors[-1], attempt + 1)
             if attempt + 1 < self.retry.max_attempts:
@@ -200,19 +204,44 @@ def _short(error: openai.APIStatusError) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
-def _result(response: ChatCompletion, attempts: int, errors: list[str],
-            messages: list[dict]) -> ChatResult:
-    choices = getattr(response, "choices", None) or []
+class MalformedAnswer(ValueError):
+    """A 200 response whose body is not a usable chat completion."""
+
+
+def _count(usage: object, name: str) -> int:
+    value = usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+    if value is None:
+        raise MalformedAnswer(f"usage.{name} is missing")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedAnswer(f"usage.{name} is {type(value).__name__}, not an integer")
+    if value < 0:
+        raise MalformedAnswer(f"usage.{name} is negative ({value})")
+    return value
+
+
+def _result(response: ChatCompletion, attempts: int, errors: list[str]) -> ChatResult:
+    """The text and token counts of a 200 answer, or ``MalformedAnswer`` saying what is wrong.
+
+    Token counts must be reported, integers and >= 0: cost is computed from them, so a
+    missing or negative count would let spending go unnoticed or even go down.
+    """
+    if not isinstance(response, ChatCompletion):
+        raise MalformedAnswer(f"the body is a JSON {type(response).__name__}, not an object")
+    choices = response.choices
+    if not isinstance(choices, list):
+        raise MalformedAnswer(f"choices is {type(choices).__name__}, not a list")
     if not choices:
-        raise CallFailed("the endpoint answered without choices", errors + ["no choices"])
-    message = choices[0].message
-    content = (message.content if message is not None else None) or ""
-    usage = getattr(response, "usage", None)
-    prompt_tokens = getattr(usage, "prompt_tokens", None)
-    completion_tokens = getattr(usage, "completion_tokens", None)
-    reported = prompt_tokens is not None and completion_tokens is not None
-    if not reported:  # some servers omit usage: estimate, and say so in the journal
-        prompt_tokens = sum(estimate_tokens(str(m.get("content", ""))) for m in messages)
-        completion_tokens = estimate_tokens(content) if content else 0
-    return ChatResult(content, int(prompt_tokens), int(completion_tokens), attempts, errors,
-                      choices[0].finish_reason, reported)
+        raise MalformedAnswer("the endpoint answered without choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None) if message is not None else None
+    if content is not None and not isinstance(content, str):
+        raise MalformedAnswer(f"choices[0].message.content is {type(content).__name__}")
+    usage = response.usage
+    if usage is None:
+        raise MalformedAnswer("usage is missing")
+    prompt_tokens = _count(usage, "prompt_tokens")
+    completion_tokens = _count(usage, "completion_tokens")
+    finish = getattr(choice, "finish_reason", None)
+    return ChatResult(content or "", prompt_tokens, completion_tokens, attempts, errors,
+                      finish if isinstance(finish, str) else None, True)

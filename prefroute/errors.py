@@ -36,6 +36,10 @@ class CheckpointError(PrefrouteError, ValueError):
     """A checkpoint folder that is missing, corrupted or does not match what loads it."""
 
 
+class TrainingError(PrefrouteError):
+    """Training produced an unusable model (e.g. NaN or infinite parameters)."""
+
+
 class ConfigError(PrefrouteError, ValueError):
     """An invalid parameter value; the message says which and what is allowed."""
 

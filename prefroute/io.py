@@ -119,6 +119,36 @@ def check_output_dir(
     return out
 
 
+def check_output_file(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
+    flag: str = "--out",
+) -> Path:
+    """Check, before any work, that ``out`` may be written as an output file.
+
+    Refused: a folder; an existing file unless ``overwrite``; one of ``inputs``.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{flag} {out} is a folder; give a file path")
+    resolved = out.resolve()
+    for source in inputs:
+        if resolved == Path(source).resolve():
+            raise OutputError(f"{flag} {out} is also an input; write the result elsewhere")
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"{flag} {out} exists; pass --overwrite to replace it, or choose a new path"
+        )
+    parent = resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{flag} {out}: cannot write under {parent}")
+    return out
+
+
 @contextlib.contextmanager
 def staged_output_dir(
     out: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()

@@ -80,8 +80,11 @@ class Router:
             "training": self.training,
         }
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        return self.predictor.save_pretrained(directory, router=self._router_config())
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the checkpoint atomically (see ``WinPredictor.save_pretrained``)."""
+        return self.predictor.save_pretrained(
+            directory, router=self._router_config(), overwrite=overwrite
+        )
 
     def save_threshold(self, directory: str | Path) -> None:
         """Rewrite only the router section of an existing checkpoint (weights untouched)."""
@@ -91,14 +94,20 @@ class Router:
         write_config(directory, config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Router:
+    def from_pretrained(cls, directory: str | Path, **load_options: Any) -> Router:
+        """Load a router checkpoint; ``load_options`` as for ``WinPredictor.from_pretrained``."""
+        predictor = WinPredictor.from_pretrained(directory, **load_options)
         config = read_config(directory)
-        predictor = WinPredictor.from_pretrained(directory)
         section = config.get("router") or {}
+        if not isinstance(section, dict):
+            raise CheckpointError(f"{Path(directory) / 'config.json'}: 'router' is not an object")
         threshold = section.get("threshold", 0.5)
-        if not isinstance(threshold, (int, float)):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            0.0 <= threshold <= 1.0
+        ):
             raise CheckpointError(
-                f"{Path(directory) / 'config.json'}: router.threshold is not a number"
+                f"{Path(directory) / 'config.json'}: router.threshold must be a number in "
+                f"[0, 1], got {threshold!r}"
             )
         return cls(predictor, float(threshold), section.get("calibration"), section.get("training"))
 
@@ -109,9 +118,12 @@ class Router:
         )
 
 
-def load_router(directory: str | Path) -> Router:
-    """Load any saved router (the config's type picks the predictor class)."""
-    return Router.from_pretrained(directory)
+def load_router(directory: str | Path, **load_options: Any) -> Router:
+    """Load any saved router (the config's type picks the predictor class).
+
+    ``load_options``: see ``prefroute.checkpoint_policy.LoadOptions``.
+    """
+    return Router.from_pretrained(directory, **load_options)
 
 
 def make_router(name: str, *, strong_model: str, weak_model: str, **params: Any) -> WinPredictor:

@@ -20,7 +20,9 @@ from prefroute.routers.base import WinPredictor
 
 DEFAULT_STRONG = "gpt-4-1106-preview"
 DEFAULT_WEAK = "mixtral-8x7b-instruct-v0.1"
-DEFAULT_TRAINING_MIX = ("alpaca_eval", "golden:mmlu_pro")
+# MMLU-Pro has no gpt-4-1106-preview column: gpt-4o stands in for it, said explicitly
+MMLU_PRO_STAND_IN = "golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1"
+DEFAULT_TRAINING_MIX = ("alpaca_eval", MMLU_PRO_STAND_IN)
 
 
 def load_training_battles(
@@ -37,15 +39,18 @@ def load_training_battles(
 ) -> Battles:
     """Battles from named sources and/or files, names canonicalised, cleaned, decontaminated.
 
-    Golden sources (``golden:<table>``) are relabelled to the router's strong/weak pair, so
-    "the benchmark's strong model beat its weak model" teaches the router's pair.
+    Golden sources (``golden:<table>``) use the strong and weak models' own columns; a pair
+    the table lacks is an error listing its models, unless the source names stand-in
+    columns explicitly (``golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1``).
     """
     aliases = aliases or ModelAliases()
     strong = aliases.canonical(strong_model)
     weak = aliases.canonical(weak_model)
     parts = []
     for source in sources:
-        battles = load_source(source, data_dir or ".", golden_as=(strong, weak))
+        battles = load_source(
+            source, data_dir or ".", golden_for=(strong, weak), aliases=aliases
+        )
         battles = apply_aliases(battles, aliases, file=source)
         logger.info("source %s: %d battles", source, len(battles))
         parts.append(battles)

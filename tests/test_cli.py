@@ -42,7 +42,7 @@ def mf_checkpoint(runner, tmp_path_factory, data_dir):
             "--data",
             "alpaca_eval",
             "--data",
-            "golden:mmlu_pro",
+            "golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1",
             "--source-weight",
             "golden=30",
             *PAIR,
@@ -61,7 +61,9 @@ def mf_checkpoint(runner, tmp_path_factory, data_dir):
 def test_train_writes_a_loadable_checkpoint(mf_checkpoint):
     config = json.loads((mf_checkpoint / "config.json").read_text())
     assert config["type"] == "mf"
-    assert config["router"]["training"]["sources"] == ["alpaca_eval", "golden:mmlu_pro"]
+    assert config["router"]["training"]["sources"] == [
+        "alpaca_eval", "golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1"
+    ]
     router = load_router(mf_checkpoint)
     assert router.strong_model == "gpt-4-1106-preview"
 

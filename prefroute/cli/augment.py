@@ -14,7 +14,8 @@ from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
 from prefroute.data.outcomes import load_outcomes
-from prefroute.errors import ConfigError, DataError
+from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
+from prefroute.io import check_output_file
 
 app = typer.Typer(
     help="Make training battles: golden labels from known answers, or judge labels from an "
@@ -38,6 +39,7 @@ def _parse_where(where: list[str]) -> dict[str, list[str]]:
 @app.command()
 def golden(
     out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
     strong: str = typer.Option(..., "--strong", help="strong model (model_a) as named in the data"),
     weak: str = typer.Option(..., "--weak", help="weak model (model_b) as named in the data"),
     table: str | None = typer.Option(
@@ -91,6 +93,7 @@ def golden(
         )
     if ties not in ("keep", "drop"):
         raise ConfigError(f"--ties must be keep or drop; got {ties!r}")
+    check_output_file(out, overwrite=overwrite, inputs=[p for p in (answers, gold) if p])
     if answers is not None:
         if ids_file is not None or where:
             raise ConfigError("--ids-file and --where apply to --table only")
@@ -128,8 +131,7 @@ def golden(
         )
     if len(battles) == 0:
         raise DataError("no battles left: every item lacked a result or was filtered out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    battles.write(out)
+    battles.write(out)  # atomic: a temporary sibling renamed into place
     winners = battles.column("winner")
     counts = {w: winners.count(w) for w in ("model_a", "model_b", "tie")}
     typer.echo(
@@ -187,6 +189,11 @@ def _stored(
 @app.command()
 def judge(
     out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="replace an existing --out file (not needed when resuming from its journal)",
+    ),
     judge_model: str = typer.Option(
         ..., "--judge-model", help="the judge model's name at its endpoint"
     ),
@@ -273,7 +280,25 @@ def judge(
     --strong-name gpt4_1106_preview --weak-name Mixtral-8x7B-Instruct-v0.1_concise
     --judge-model gpt-4o --judge-base-url https://api.openai.com/v1
     --judge-api-key-env OPENAI_API_KEY --price gpt-4o=2.5:10 --max-cost 5 --out judged.jsonl
+
+    Verdict format: the judge sees the prompt and two answers (A, B; each prompt is judged
+    in both orders) and must end its reply with exactly one of [[A]] (A is better), [[B]]
+    (B is better) or [[C]] (equally good); [[Tie]] is read as [[C]]. A reply without one
+    readable verdict is asked again up to --max-verdict-attempts times, then the item fails.
+
+    Answers: a 200 whose body is not JSON, has wrong types, or lacks non-negative integer
+    usage.prompt_tokens / usage.completion_tokens is a failed attempt, retried and
+    journaled like a 5xx. An item that still fails is recorded and the run goes on; a run
+    in which every item failed exits with code 2 and a summary of the reasons.
     """
+    check_int("--limit", "prefroute augment judge", limit, optional=True)
+    check_int("--concurrency", "prefroute augment judge", concurrency)
+    check_int("--max-attempts", "prefroute augment judge", max_attempts)
+    check_int("--max-verdict-attempts", "prefroute augment judge", max_verdict_attempts)
+    journal_path = journal or out.with_name(out.name + ".journal.jsonl")
+    inputs = [p for p in (prompts, outputs, prices_file) if p is not None]
+    check_output_file(out, overwrite=overwrite or journal_path.exists(), inputs=inputs)
+    check_output_file(journal_path, overwrite=True, inputs=[*inputs, out], flag="--journal")
     strong_ep = _endpoint(
         strong_model,
         strong_base_url,
@@ -349,7 +374,7 @@ def judge(
         judge=judge_ep,
         strong=sides[0],
         weak=sides[1],
-        journal_path=journal or out.with_name(out.name + ".journal.jsonl"),
+        journal_path=journal_path,
         prices=PriceTable.parse(price, prices_file),
         max_cost=max_cost,
         concurrency=concurrency,
@@ -371,8 +396,7 @@ def judge(
     for line in report.lines():
         typer.echo(line)
     if report.battles is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        report.battles.write(out)
+        report.battles.write(out)  # atomic: a temporary sibling renamed into place
         typer.echo(
             f"wrote {len(report.battles):,} battles to {out} (journal: {config.journal_path})"
         )
@@ -381,11 +405,18 @@ def judge(
     if report.failures:
         reasons: dict[str, int] = {}
         for f in report.failures:
-            reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+            reason = str(f.get("reason", "unknown"))
+            reasons[reason] = reasons.get(reason, 0) + 1
         top = "; ".join(f"{r} x{n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3])
-        typer.echo(
+        summary = (
             f"{len(report.failures):,} prompts failed ({top}); --retry-failed tries them again"
         )
+        if report.battles is None:
+            raise PrefrouteError(
+                f"every prompt failed, no battles written: {summary} "
+                f"(journal: {config.journal_path})"
+            )
+        typer.echo(summary)
 
 
 if __name__ == "__main__":  # `python -m prefroute.cli.augment`, as the main CLI would run it

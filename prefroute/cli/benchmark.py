@@ -11,6 +11,7 @@ import typer
 
 from prefroute.cli.common import resolve_data_dir
 from prefroute.data.outcomes import load_outcomes
+from prefroute.errors import check_int
 from prefroute.evaluate import (
     evaluate_router,
     plot_routing_curves,
@@ -18,8 +19,9 @@ from prefroute.evaluate import (
     results_markdown,
 )
 from prefroute.evaluate.protocols import TRANSFER_BENCHMARKS, transfer_training_battles
+from prefroute.io import atomic_write_text, staged_output_dir
 from prefroute.router import Router
-from prefroute.training import DEFAULT_STRONG, DEFAULT_WEAK, train_router
+from prefroute.training import DEFAULT_STRONG, DEFAULT_TRAINING_MIX, DEFAULT_WEAK, train_router
 
 DEFAULT_ROUTERS = ("sw_bt", "mf")
 
@@ -37,6 +39,9 @@ def benchmark(
     ),
     embedder: str = typer.Option("wordllama", "--embedder"),
     n_bootstrap: int = typer.Option(1000, "--bootstrap"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace an existing non-empty --out folder"
+    ),
 ) -> None:
     """Train routers on the default mix, calibrate, save, and evaluate on MT-Bench, MMLU, GSM8K.
 
@@ -47,7 +52,22 @@ def benchmark(
     """
     started = time.perf_counter()
     data_dir = resolve_data_dir(data_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_int("--bootstrap", "prefroute benchmark", n_bootstrap)
+    with staged_output_dir(out, overwrite=overwrite, inputs=[data_dir]) as stage:
+        _run_benchmark(data_dir, stage, out, routers, strong_rate, embedder, n_bootstrap)
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s; results in {out / 'results.md'}")
+
+
+def _run_benchmark(
+    data_dir: Path,
+    stage: Path,
+    out: Path,
+    routers: list[str],
+    strong_rate: float,
+    embedder: str,
+    n_bootstrap: int,
+) -> None:
+    """Everything ``benchmark`` does, writing into ``stage`` (renamed to ``out`` at the end)."""
     tables = {b: load_outcomes(b, data_dir) for b in TRANSFER_BENCHMARKS}
     eval_prompts = sorted(
         {p for t in tables.values() for p in t.prompts}
@@ -79,12 +99,12 @@ def benchmark(
         router = Router(
             predictor,
             training={
-                "sources": ["alpaca_eval", "golden:mmlu_pro"],
+                "sources": list(DEFAULT_TRAINING_MIX),
                 "decontaminated_against": list(tables),
             },
         )
         cal = router.calibrate(calibration_prompts, strong_rate)
-        router.save_pretrained(out / name)
+        router.save_pretrained(stage / name)
         entry = {
             "fit_seconds": round(fit_seconds, 2),
             "threshold": cal.threshold,
@@ -114,11 +134,11 @@ def benchmark(
     flat = [r for rs in results.values() for r in rs]
     table = results_markdown(flat)
     for bench, rs in results.items():
-        plot_routing_curves(rs, out / f"{bench}.png", title=f"{bench}: transfer protocol")
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(
-        json.dumps({"summary": summary, "results": [r.to_dict() for r in flat]}, indent=2) + "\n"
+        plot_routing_curves(rs, stage / f"{bench}.png", title=f"{bench}: transfer protocol")
+    atomic_write_text(stage / "results.md", table + "\n")
+    atomic_write_text(
+        stage / "results.json",
+        json.dumps({"summary": summary, "results": [r.to_dict() for r in flat]}, indent=2) + "\n",
     )
     typer.echo("\n" + table)
     typer.echo(f"\nplots: {', '.join(str(out / f'{b}.png') for b in results)}")
-    typer.echo(f"done in {time.perf_counter() - started:.0f} s; results in {out / 'results.md'}")

@@ -11,6 +11,7 @@ import typer
 from prefroute.calibrate import Prices, calibrate_budget, calibrate_strong_rate
 from prefroute.data.prompts import read_prompts
 from prefroute.errors import ConfigError
+from prefroute.io import check_output_dir, staged_output_dir
 from prefroute.router import load_router
 
 
@@ -34,6 +35,9 @@ def calibrate(
     out: Path | None = typer.Option(
         None, "--out", help="write a calibrated copy here (default: in place)"
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace an existing non-empty --out folder"
+    ),
 ) -> None:
     """Choose the threshold for a strong-call rate or a cost budget and store it.
 
@@ -42,6 +46,8 @@ def calibrate(
     chosen = [x is not None for x in (strong_rate, budget_per_1k, budget_fraction)]
     if sum(chosen) != 1:
         raise ConfigError("give exactly one of --strong-rate, --budget or --budget-fraction")
+    if out is not None:
+        check_output_dir(out, overwrite=overwrite, inputs=[checkpoint])
     router = load_router(checkpoint)
     texts = read_prompts(prompts)
     probs = router.strong_win_prob(texts)
@@ -65,13 +71,13 @@ def calibrate(
             fraction_of_all_strong=budget_fraction,
         )
     router.set_calibration(cal)
-    target = checkpoint
-    if out is not None:
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(checkpoint, out)
-        target = out
-    router.save_threshold(target)
+    target = checkpoint if out is None else out
+    if out is None:
+        router.save_threshold(checkpoint)  # rewrites config.json atomically; weights untouched
+    else:
+        with staged_output_dir(out, overwrite=overwrite, inputs=[checkpoint]) as stage:
+            shutil.copytree(checkpoint, stage, dirs_exist_ok=True, symlinks=True)
+            router.save_threshold(stage)
     typer.echo(json.dumps(cal.to_dict(), indent=2))
     typer.echo(
         f"threshold {cal.threshold:.6f}: strong-call rate {cal.realised_strong_rate:.3f} on "

@@ -10,7 +10,10 @@ import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
+from prefroute.data.loaders import NAMED_SOURCES
+from prefroute.errors import check_int
 from prefroute.evaluate import evaluate_router, plot_routing_curves, prepare_eval_set
+from prefroute.io import check_output_file
 from prefroute.router import load_router
 from prefroute.training import load_training_battles
 
@@ -29,15 +32,19 @@ def evaluate(
         help="drop eval prompts within 0.95 cosine of the router's recorded training prompts",
     ),
     n_bootstrap: int = typer.Option(1000, "--bootstrap", help="resamples for the APGR 95% CI"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --plot file"),
 ) -> None:
     """APGR (with CI), CPT and the routing curve, beside the random and oracle routers.
 
     Example: prefroute eval runs/mf --benchmark gsm8k --data-dir ../shared/data --json
     """
+    check_int("--bootstrap", "prefroute eval", n_bootstrap)
+    if plot is not None:
+        check_output_file(plot, overwrite=overwrite, inputs=[checkpoint], flag="--plot")
     data_dir = resolve_data_dir(data_dir)
     router = load_router(checkpoint)
     train_prompts = None
-    sources = (router.training or {}).get("sources") or []
+    sources = named_sources((router.training or {}).get("sources") or [], checkpoint)
     if decontaminate and sources:
         battles = load_training_battles(
             sources,
@@ -77,3 +84,20 @@ def evaluate(
         f"strong calls, quality {quality:.3f} (weak {result.weak_quality:.3f}, "
         f"strong {result.strong_quality:.3f})"
     )
+
+
+def named_sources(sources: list, checkpoint: Path) -> list[str]:
+    """The recorded training sources that are named data sets; a checkpoint may not make us
+    read files it names, so recorded file paths are skipped (and said so)."""
+    named = [
+        s for s in sources
+        if isinstance(s, str) and (s in NAMED_SOURCES or s.startswith("golden:"))
+    ]
+    skipped = [s for s in sources if s not in named]
+    if skipped:
+        logger.warning(
+            "%s records training files %s; not reading files a checkpoint names, so "
+            "decontamination uses only the named sources %s",
+            checkpoint, skipped, named,
+        )
+    return named

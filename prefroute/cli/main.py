@@ -47,16 +47,40 @@ app.add_typer(multi_app, name="multi", help="Route among N LLMs: train and evalu
 app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")
 
 
+MAX_MESSAGE_CHARS = 2000
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
 def main() -> None:
-    """Run the CLI; a known error prints one line and a hint, exit code 2."""
+    """Run the CLI. Any error prints one line and a hint (a traceback only with --debug):
+    exit code 2 for known errors (bad input, refused output), 1 for anything unexpected,
+    130 when interrupted."""
     try:
         app()
     except PrefrouteError as e:
         if os.environ.get("PREFROUTE_DEBUG"):
             raise
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {_one_line(e)}", err=True, fg=typer.colors.RED)
         typer.echo("hint: run with --debug for a traceback, --help for usage", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; outputs are written atomically, so nothing half-written "
+                   "was left behind", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence of a command-line tool
+        if os.environ.get("PREFROUTE_DEBUG"):
+            raise
+        typer.secho(f"error: {type(e).__name__}: {_one_line(e)}", err=True, fg=typer.colors.RED)
+        typer.echo(
+            "hint: this input or situation is not handled cleanly; run with --debug for a "
+            "traceback and report it",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

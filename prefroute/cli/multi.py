@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import typer
 
+from prefroute.checkpoint import record_files
 from prefroute.cli.common import resolve_data_dir
 from prefroute.errors import ConfigError, check_choice
+from prefroute.io import check_output_dir, check_output_file, staged_output_dir
 
 app = typer.Typer(
     name="multi",
@@ -60,6 +62,9 @@ def train(
         help="mlc, sc, kmeans-tfidf, kmeans-embed, knn, mf, mf-pairwise, mlc-encoder",
     ),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace an existing non-empty --out folder"
+    ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="folder in the shared/data layout"
     ),
@@ -96,6 +101,7 @@ def train(
     from prefroute.multi.labels import labels_from_outcomes
 
     check_choice("router", "prefroute multi train", router, tuple(ROUTER_PRESETS))
+    check_output_dir(out, overwrite=overwrite)  # before training, not after
     extra = _json_params(params)
     cls, preset = ROUTER_PRESETS[router]
     names = cls._param_names()
@@ -115,8 +121,10 @@ def train(
         f"(val {len(split.val):,}, test {len(split.test):,} held out)"
     )
     model = make_multi_router(router, **extra).fit(train_tab.prompts, labels)
-    model.save_pretrained(out)
-    write_split(out, prepared, split)
+    with staged_output_dir(out, overwrite=overwrite) as stage:
+        model.save_pretrained(stage)
+        write_split(stage, prepared, split)
+        record_files(stage)
     typer.echo(f"saved {router} router to {out}")
 
 
@@ -160,11 +168,14 @@ def eval_(
     plot: Path | None = typer.Option(
         None, "--plot", help="write the cost-quality plane (PNG) here"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --plot file"),
 ) -> None:
     """Evaluate saved routers on their held-out split: every policy, oracle, random, each LLM.
 
     Example: prefroute multi eval runs/multi-mlc runs/multi-knn --table routerbench --plot cq.png
     """
+    if plot is not None:
+        check_output_file(plot, overwrite=overwrite, inputs=routers, flag="--plot")
     from prefroute.multi.base import load_multi_router
     from prefroute.multi.data import SPLIT_FILE, read_split
     from prefroute.multi.evaluation import (

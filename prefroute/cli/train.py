@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from prefroute.cli.common import resolve_data_dir
-from prefroute.errors import ConfigError
+from prefroute.errors import ConfigError, check_int
+from prefroute.io import check_output_dir
 from prefroute.router import Router
 from prefroute.routers.base import router_class
 from prefroute.training import load_training_battles, train_router, weight_sources
@@ -20,12 +21,16 @@ def train(
         ...,
         "--data",
         help="battles file (.jsonl/.parquet: prompt, model_a, model_b, winner[, p_b_wins]) or a "
-        "named source: alpaca_eval, mt_bench_human, mt_bench_gpt4, golden:mmlu_pro, ... "
-        "(repeat for several)",
+        "named source: alpaca_eval, mt_bench_human, mt_bench_gpt4, golden:<table> (the "
+        "strong/weak models' own columns; golden:mmlu_pro@STRONG_COL,WEAK_COL names "
+        "stand-ins) (repeat for several)",
     ),
     strong_model: str = typer.Option(..., "--strong-model"),
     weak_model: str = typer.Option(..., "--weak-model"),
     out: Path = typer.Option(..., "--out", help="checkpoint folder to write"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace an existing non-empty --out folder"
+    ),
     embedder: str = typer.Option(
         "wordllama", "--embedder", help="wordllama, minilm, tfidf, openai"
     ),
@@ -60,9 +65,16 @@ def train(
 ) -> None:
     """Train a router on battle data and save it as a checkpoint.
 
-    Example: prefroute train --router mf --data alpaca_eval --data golden:mmlu_pro
+    Example: prefroute train --router mf --data alpaca_eval
+    --data golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1
     --strong-model gpt-4-1106-preview --weak-model mixtral-8x7b-instruct-v0.1 --out runs/mf
     """
+    data_files = [Path(d) for d in data if Path(d).exists()]
+    # checked before hours of training, and again (atomically) when saving
+    check_output_dir(out, overwrite=overwrite, inputs=data_files)
+    for flag, value in (("--batch-size", batch_size), ("--epochs", epochs),
+                        ("--max-steps", max_steps), ("--max-train-battles", max_train_battles)):
+        check_int(flag, "prefroute train", value, optional=True)
     try:
         extra = json.loads(params)
     except json.JSONDecodeError as e:
@@ -103,7 +115,8 @@ def train(
         router, battles, strong_model=strong_model, weak_model=weak_model, **extra
     )
     training = {"sources": list(data), "n_battles": len(battles), "clean": not no_clean}
-    Router(predictor, threshold, training=training).save_pretrained(out)
+    check_output_dir(out, overwrite=overwrite, inputs=data_files)
+    Router(predictor, threshold, training=training).save_pretrained(out, overwrite=overwrite)
     typer.echo(f"saved {router} router to {out}")
 
 

@@ -14,6 +14,18 @@ import pyarrow.parquet as pq
 from prefroute._logging import logger
 from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
+from prefroute.validate import (
+    MAX_WEIGHT,
+    check_number,
+    check_number_array,
+    check_probability,
+    check_strings_in,
+    check_text,
+    check_weight,
+    first_bad_text,
+    numbered,
+    row_numbers_of,
+)
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 REQUIRED_COLUMNS = ("prompt", "model_a", "model_b", "winner")
@@ -40,12 +52,7 @@ def _validate_row(row: Mapping, index: int, file: str | None) -> dict:
     for field in REQUIRED_COLUMNS:
         if field not in row or row[field] is None:
             raise DataError("missing required field", file=file, row=index, field=field)
-        value = row[field]
-        if not isinstance(value, str):
-            raise DataError(
-                f"expected a string, got {type(value).__name__}", file=file, row=index, field=field
-            )
-        out[field] = value
+        out[field] = check_text(row[field], file=file, row=index, field=field)
     if not out["prompt"].strip():
         raise DataError("empty prompt", file=file, row=index, field="prompt")
     if out["winner"] not in WINNERS:
@@ -55,25 +62,19 @@ def _validate_row(row: Mapping, index: int, file: str | None) -> dict:
             row=index,
             field="winner",
         )
-    for field in ("weight", "p_b_wins"):
-        value = row.get(field)
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            out[field] = None
-            continue
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"not a number: {value!r}", file=file, row=index, field=field) from None
-        if field == "p_b_wins" and not 0.0 <= value <= 1.0:
-            raise DataError(f"must lie in [0, 1], got {value}", file=file, row=index, field=field)
-        if field == "weight" and value < 0:
-            raise DataError(f"must be >= 0, got {value}", file=file, row=index, field=field)
-        out[field] = value
+    out["weight"] = check_weight(row.get("weight"), file=file, row=index, field="weight")
+    out["p_b_wins"] = check_probability(
+        row.get("p_b_wins"), file=file, row=index, field="p_b_wins"
+    )
     source = row.get("source")
-    out["source"] = None if source is None else str(source)
+    out["source"] = None if source is None else check_text(
+        str(source), file=file, row=index, field="source"
+    )
     conversation = row.get("conversation")
-    if conversation is not None and not isinstance(conversation, str):
-        conversation = json.dumps(conversation, ensure_ascii=False)
+    if conversation is not None:
+        check_strings_in(conversation, file=file, row=index, field="conversation")
+        if not isinstance(conversation, str):
+            conversation = json.dumps(conversation, ensure_ascii=False, allow_nan=False)
     out["conversation"] = conversation
     return out
 
@@ -102,9 +103,19 @@ class Battles:
 
     # construction -------------------------------------------------------------------
     @classmethod
-    def from_records(cls, records: Iterable[Mapping], *, file: str | None = None) -> Battles:
-        """Validate and build from dict rows (row numbers in errors count from 1)."""
-        rows = [_validate_row(r, i, file) for i, r in enumerate(records, start=1)]
+    def from_records(
+        cls,
+        records: Iterable[Mapping],
+        *,
+        file: str | None = None,
+        row_numbers: Sequence[int] | None = None,
+    ) -> Battles:
+        """Validate and build from dict rows; errors give ``row_numbers`` (default: the
+        records' own, see ``prefroute.validate.Records``, else 1, 2, 3...)."""
+        records = list(records) if not isinstance(records, Sequence) else records
+        numbers = row_numbers if row_numbers is not None else row_numbers_of(records)
+        pairs = zip(numbers, records, strict=True) if numbers is not None else numbered(records)
+        rows = [_validate_row(r, i, file) for i, r in pairs]
         return cls(pa.Table.from_pylist(rows, schema=SCHEMA))
 
     @classmethod
@@ -116,9 +127,13 @@ class Battles:
         winner: Sequence[str],
         *,
         file: str | None = None,
+        row_numbers: Sequence[int] | None = None,
         **optional: Sequence | None,
     ) -> Battles:
-        """Build from equal-length columns, validated in bulk (fast path for loaders)."""
+        """Build from equal-length columns, validated in bulk (fast path for loaders).
+
+        ``row_numbers``: the true row of each value in ``file``, for error messages.
+        """
         n = len(prompt)
         cols = {"prompt": prompt, "model_a": model_a, "model_b": model_b, "winner": winner}
         for name in OPTIONAL_COLUMNS:
@@ -136,50 +151,74 @@ class Battles:
                     raise DataError(
                         f"column has {len(values)} values, expected {n}", field=field.name
                     )
-                arrays.append(pa.array(values, type=field.type, from_pandas=True))
+                try:
+                    arrays.append(pa.array(values, type=field.type, from_pandas=True))
+                except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                    bad = first_bad_text(values) if field.type == pa.string() else None
+                    i = bad if bad is not None else 0
+                    row = row_numbers[i] if row_numbers is not None else i + 1
+                    if field.type == pa.string():
+                        check_text(values[i], file=file, row=row, field=field.name)
+                    for j, value in enumerate(values):  # a number column: name the bad one
+                        check_number(value, file=file, field=field.name,
+                                     row=row_numbers[j] if row_numbers is not None else j + 1)
+                    raise DataError("cannot be stored", file=file, row=row,
+                                    field=field.name) from None
         table = pa.Table.from_arrays(arrays, schema=SCHEMA)
         battles = cls(table)
-        battles.validate(file=file)
+        battles.validate(file=file, row_numbers=row_numbers)
         return battles
 
-    def validate(self, *, file: str | None = None) -> None:
+    def validate(
+        self, *, file: str | None = None, row_numbers: Sequence[int] | None = None
+    ) -> None:
         """Check every row; raise DataError naming the first bad row and field."""
         t = self.table
+        for name, high in (("weight", MAX_WEIGHT), ("p_b_wins", 1.0)):
+            check_number_array(
+                t[name].to_numpy(zero_copy_only=False).astype(np.float64),
+                file=file, field=name, low=0.0, high=high, row_numbers=row_numbers,
+            )
+
+        def true_row(index: int) -> int:
+            return row_numbers[index] if row_numbers is not None else index + 1
+
         for field in REQUIRED_COLUMNS:
             nulls = pc.is_null(t[field])
             if pc.any(nulls).as_py():
-                row = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]) + 1
-                raise DataError("missing required field", file=file, row=row, field=field)
+                row = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0])
+                raise DataError(
+                    "missing required field", file=file, row=true_row(row), field=field
+                )
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t["prompt"])), 0)
         if pc.any(empty).as_py():
-            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0]) + 1
-            raise DataError("empty prompt", file=file, row=row, field="prompt")
+            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+            raise DataError("empty prompt", file=file, row=true_row(row), field="prompt")
         bad = pc.invert(pc.is_in(t["winner"], value_set=pa.array(WINNERS)))
         if pc.any(bad).as_py():
             row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
             raise DataError(
                 f"unknown winner {t['winner'][row].as_py()!r}; allowed: {list(WINNERS)}",
                 file=file,
-                row=row + 1,
+                row=true_row(row),
                 field="winner",
-            )
-        p = t["p_b_wins"].to_numpy(zero_copy_only=False)
-        out = ~np.isnan(p) & ((p < 0) | (p > 1))
-        if out.any():
-            row = int(np.flatnonzero(out)[0])
-            raise DataError(
-                f"must lie in [0, 1], got {p[row]}", file=file, row=row + 1, field="p_b_wins"
             )
 
     # I/O ------------------------------------------------------------------------------
     @classmethod
     def read_jsonl(cls, path: str | Path) -> Battles:
-        """Read a battles JSONL file (one object per line)."""
-        records = [record for _, record in iter_jsonl(path)]
-        return cls.from_records(records, file=str(path))
+        """Read a battles JSONL file (one object per line); errors name the true line."""
+        numbered_rows = list(iter_jsonl(path))
+        return cls.from_records(
+            [record for _, record in numbered_rows],
+            file=str(path),
+            row_numbers=[i for i, _ in numbered_rows],
+        )
 
     def to_jsonl(self, path: str | Path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
+        from prefroute.io import atomic_write
+
+        with atomic_write(path) as f:
             for row in self.table.to_pylist():
                 f.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
 
@@ -193,17 +232,14 @@ class Battles:
         for name in REQUIRED_COLUMNS:
             if name not in table.column_names:
                 raise DataError("missing required column", file=path, field=name)
-        for name in OPTIONAL_COLUMNS:
-            if name not in table.column_names:
-                table = table.append_column(
-                    name, pa.nulls(len(table), type=SCHEMA.field(name).type)
-                )
-        battles = cls(table)
-        battles.validate(file=path)
-        return battles
+        # row by row, exactly as JSONL: a bool p_b_wins or a NaN weight is refused, not cast
+        return cls.from_records(table.to_pylist(), file=path)
 
     def to_parquet(self, path: str | Path) -> None:
-        pq.write_table(self.table, str(path))
+        from prefroute.io import atomic_write
+
+        with atomic_write(path, "wb", encoding=None) as f:
+            pq.write_table(self.table, f)
 
     @classmethod
     def read(cls, path: str | Path) -> Battles:

@@ -19,6 +19,7 @@ from prefroute.data.battles import Battles
 from prefroute.data.outcomes import OutcomeTable, load_outcomes
 from prefroute.data.tabular import RECORD_SUFFIXES, read_records
 from prefroute.errors import DataError
+from prefroute.validate import check_number, check_probability, numbered
 
 ARENA_55K = "lmsys/lmsys-arena-human-preference-55k"
 ARENA_CONVERSATIONS = "lmsys/chatbot_arena_conversations"
@@ -57,7 +58,7 @@ def _require(row: Mapping, fields: Sequence[str], file: str | None, index: int) 
 
 def _from_55k(rows: list[dict], file: str | None) -> Battles:
     out = []
-    for i, r in enumerate(rows, start=1):
+    for i, r in numbered(rows):
         _require(
             r,
             ["model_a", "model_b", "prompt", "winner_model_a", "winner_model_b", "winner_tie"],
@@ -76,8 +77,11 @@ def _from_55k(rows: list[dict], file: str | None) -> Battles:
             raise DataError(
                 "prompt must be a non-empty list of turns", file=file, row=i, field="prompt"
             )
-        flags = [int(float(r[k])) for k in ("winner_model_a", "winner_model_b", "winner_tie")]
-        if sum(flags) != 1:
+        flags = [
+            check_number(r[k], file=file, row=i, field=k, low=0, high=1, optional=False)
+            for k in ("winner_model_a", "winner_model_b", "winner_tie")
+        ]
+        if sorted(flags) != [0.0, 0.0, 1.0]:
             raise DataError(
                 f"exactly one of winner_model_a/b/tie must be 1, got {flags}",
                 file=file,
@@ -98,12 +102,12 @@ def _from_55k(rows: list[dict], file: str | None) -> Battles:
                 "conversation": conversation,
             }
         )
-    return Battles.from_records(out, file=file)
+    return Battles.from_records(out, file=file, row_numbers=[n for n, _ in numbered(rows)])
 
 
 def _from_conversations(rows: list[dict], file: str | None, source: str) -> Battles:
     out = []
-    for i, r in enumerate(rows, start=1):
+    for i, r in numbered(rows):
         _require(r, ["model_a", "model_b", "winner", "conversation_a"], file, i)
         prompt = first_user_turn(r["conversation_a"], file=file, row=i, field="conversation_a")
         out.append(
@@ -116,7 +120,7 @@ def _from_conversations(rows: list[dict], file: str | None, source: str) -> Batt
                 "conversation": r["conversation_a"],
             }
         )
-    return Battles.from_records(out, file=file)
+    return Battles.from_records(out, file=file, row_numbers=[n for n, _ in numbered(rows)])
 
 
 def detect_arena_schema(columns: Sequence[str]) -> str:
@@ -172,20 +176,19 @@ def load_judge_battles(path: str | Path) -> Battles:
     """LLM-judge battles (AlpacaEval layout) with the judge's soft label ``p_b_wins``."""
     path = Path(path)
     rows = read_records(path)
-    prompts, a, b, winners, p_b, sources = [], [], [], [], [], []
-    for i, r in enumerate(rows, start=1):
+    prompts, a, b, winners, p_b, sources, numbers = [], [], [], [], [], [], []
+    for i, r in numbered(rows):
         _require(r, ["prompt", "model_a", "model_b", "winner"], str(path), i)
         prompts.append(r["prompt"])
         a.append(r["model_a"])
         b.append(r["model_b"])
         winners.append(r["winner"])
-        value = r.get("p_b_wins")
-        if value is not None and not isinstance(value, (int, float)):
-            raise DataError(f"not a number: {value!r}", file=str(path), row=i, field="p_b_wins")
-        p_b.append(value)
+        p_b.append(check_probability(r.get("p_b_wins"), file=str(path), row=i, field="p_b_wins"))
         sources.append(f"judge:{r['source']}" if r.get("source") else "judge")
+        numbers.append(i)
     return Battles.from_columns(
-        prompts, a, b, winners, file=str(path), p_b_wins=p_b, source=sources
+        prompts, a, b, winners, file=str(path), row_numbers=numbers, p_b_wins=p_b,
+        source=sources,
     )
 
 
@@ -287,18 +290,65 @@ NAMED_SOURCES = (
 )
 
 
+def golden_columns(
+    source: str,
+    outcomes: OutcomeTable,
+    pair: tuple[str, str],
+    aliases: ModelAliases | None = None,
+) -> tuple[str, str]:
+    """The table columns a ``golden:<table>[@STRONG,WEAK]`` source uses for ``pair``.
+
+    Without ``@`` the requested pair's own columns (matched by name or alias); with
+    ``@STRONG,WEAK`` those columns stand in for the pair, explicitly. A pair the table does
+    not hold is an error listing the models it has, never a silent relabel.
+    """
+    aliases = aliases or ModelAliases()
+    _, _, stand_ins = source.partition("@")
+    if stand_ins:
+        wanted = [name.strip() for name in stand_ins.split(",")]
+        if len(wanted) != 2 or not all(wanted):
+            raise DataError(
+                f"source {source!r}: after '@' give the two stand-in columns as STRONG,WEAK"
+            )
+    else:
+        wanted = list(pair)
+    found = []
+    for role, model in zip(("strong", "weak"), wanted, strict=True):
+        exact = [m for m in outcomes.models if m == model]
+        same = exact or [
+            m for m in outcomes.models if aliases.canonical(m) == aliases.canonical(model)
+        ]
+        if len(same) != 1:
+            how = "stand-in" if stand_ins else "requested"
+            raise DataError(
+                f"source {source!r}: the {how} {role} model {model!r} is "
+                f"{'ambiguous' if same else 'not'} in the {outcomes.name} table; it has "
+                f"{outcomes.models}. Train on a pair it holds, or name stand-in columns "
+                f"explicitly: golden:{outcomes.name}@STRONG,WEAK"
+            )
+        found.append(same[0])
+    if found[0] == found[1]:
+        raise DataError(f"source {source!r}: strong and weak are both column {found[0]!r}")
+    return found[0], found[1]
+
+
 def load_source(
     name: str,
     data_dir: str | Path,
     *,
     golden_pair: tuple[str, str] | None = None,
     golden_as: tuple[str, str] | None = None,
+    golden_for: tuple[str, str] | None = None,
+    aliases: ModelAliases | None = None,
 ) -> Battles:
     """A named source under ``data_dir`` (the ``shared/data`` layout) or a battles file.
 
-    ``golden:<table>`` builds golden battles for ``golden_pair`` (default: the table's
-    usual strong/weak pair); ``golden_as`` renames that pair in the battles (e.g. to the
-    router's strong/weak names).
+    ``golden:<table>`` builds golden battles. With ``golden_for=(strong, weak)`` (what
+    training uses) they come from those models' own columns, or from the stand-ins a
+    ``golden:<table>@STRONG,WEAK`` source names, labelled as the requested pair; a pair
+    the table lacks is an error (see ``golden_columns``). Otherwise ``golden_pair`` (default:
+    the table's usual pair) is used and ``golden_as`` renames it, for code that relabels
+    on purpose.
     """
     data_dir = Path(data_dir)
     if name == "alpaca_eval":
@@ -308,7 +358,17 @@ def load_source(
     if name == "mt_bench_gpt4":
         return load_mt_bench_votes(data_dir / "mt_bench_human_judgments" / "gpt4_pair.jsonl")
     if name.startswith("golden:"):
-        table = name.split(":", 1)[1]
+        table = name.split(":", 1)[1].partition("@")[0]
+        if golden_for is not None:
+            outcomes = load_outcomes(table, data_dir)
+            strong, weak = golden_columns(name, outcomes, golden_for, aliases)
+            if (strong, weak) != tuple(golden_for):
+                logger.info("%s: columns %s / %s as %s / %s", name, strong, weak, *golden_for)
+            return golden_battles(
+                outcomes, strong, weak, strong_name=golden_for[0], weak_name=golden_for[1]
+            )
+        if "@" in name:
+            raise DataError(f"source {name!r}: stand-in columns need the pair they stand for")
         strong, weak = golden_pair or DEFAULT_GOLDEN_PAIRS.get(table, (None, None))
         if strong is None:
             raise DataError(f"no default strong/weak pair for {table!r}; pass golden_pair")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from prefroute._logging import logger
 from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
+from prefroute.validate import check_number, decode_utf8
 
 csv.field_size_limit(1 << 30)
 
@@ -128,24 +130,21 @@ def _bool_cell(value: str, path: str, row: int, field_name: str) -> float:
 
 
 def _float_cell(value: str, path: str, row: int, field_name: str) -> float:
-    if value.strip() == "":
-        return np.nan
-    try:
-        return float(value)
-    except ValueError:
-        raise DataError(f"not a number: {value!r}", file=path, row=row, field=field_name) from None
+    if value.strip().lower() in ("", "nan"):
+        return np.nan  # no result for this model on this item
+    return check_number(value, file=path, row=row, field=field_name)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     path_s = str(path)
     if not path.exists():
         raise DataError("file not found", file=path_s)
+    text = decode_utf8(path.read_bytes(), path_s, tabular=True)
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader)
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error, StopIteration) as e:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader)
+        rows = list(reader)
+    except (csv.Error, StopIteration) as e:
         raise DataError(f"not a readable CSV file ({type(e).__name__}: {e})", file=path_s) from None
     for name in required:
         if name not in header:

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefroute._logging import logger
 from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
+from prefroute.validate import check_text, decode_utf8
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -22,16 +23,13 @@ def read_prompts(path: str | Path) -> list[str]:
         for i, row in iter_jsonl(path):
             if "prompt" not in row:
                 raise DataError("missing field", file=str(path), row=i, field="prompt")
-            prompt = row["prompt"]
-            if not isinstance(prompt, str) or not prompt.strip():
+            prompt = check_text(row["prompt"], file=str(path), row=i, field="prompt")
+            if not prompt.strip():
                 raise DataError("empty or non-text prompt", file=str(path), row=i, field="prompt")
             prompts.append(prompt)
     else:
         blank = 0
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError("not a UTF-8 text file", file=str(path)) from None
+        text = decode_utf8(path.read_bytes(), str(path))
         for line in text.splitlines():
             if line.strip():
                 prompts.append(line)

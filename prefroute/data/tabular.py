@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefroute.errors import DataError
+from prefroute.validate import Records, check_strings_in, decode_line, decode_utf8
 
 csv.field_size_limit(1 << 30)
 
@@ -20,29 +22,35 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSON Lines file.
 
-    A missing file, a line that is not JSON, or one that is not an object is a DataError
-    naming the file and the line.
+    A missing file, bytes that are not UTF-8, a line that is not JSON, one that is not an
+    object, or text with lone surrogates is a DataError naming the file and the line.
     """
     name = str(path)
-    if not Path(path).exists():
-        raise DataError("file not found", file=name)
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
+    if not Path(path).is_file():
+        raise DataError("file not found" if not Path(path).exists() else "not a file", file=name)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            line = decode_line(raw, name, i)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"not valid JSON ({e.msg})", file=name, row=i) from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply", file=name, row=i) from None
             if not isinstance(row, dict):
                 raise DataError("expected a JSON object", file=name, row=i)
+            if "\\u" in line:  # only \u escapes can make lone surrogates from valid UTF-8
+                check_strings_in(row, file=name, row=i, field="(value)")
             yield i, row
 
 
-def read_records(path: str | Path) -> list[dict]:
+def read_records(path: str | Path) -> Records:
     """Rows of a local JSON (list of objects), JSONL, CSV or Parquet file.
 
-    The extension picks the reader; content that does not match it is a DataError.
+    The extension picks the reader; content that does not match it is a DataError. The
+    result remembers each row's true row number (``prefroute.validate.numbered``).
     """
     path = Path(path)
     name = str(path)
@@ -50,30 +58,42 @@ def read_records(path: str | Path) -> list[dict]:
         raise DataError("file not found", file=name)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [row for _, row in iter_jsonl(path)]
+        numbers, rows = [], []
+        for i, row in iter_jsonl(path):
+            numbers.append(i)
+            rows.append(row)
+        return Records(rows, numbers)
     if suffix == ".json":
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(decode_utf8(path.read_bytes(), name))
+        except json.JSONDecodeError as e:
             raise DataError(f"not valid JSON ({e})", file=name) from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", file=name) from None
         if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
             # column-oriented JSON, as pandas' to_json(orient="list") writes it
             keys = list(data)
             n = len(data[keys[0]]) if keys else 0
-            return [{k: data[k][i] for k in keys} for i in range(n)]
+            if any(len(data[k]) != n for k in keys):
+                raise DataError("column-oriented JSON with columns of unequal length", file=name)
+            data = [{k: data[k][i] for k in keys} for i in range(n)]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError("expected a list of JSON objects", file=name)
-        return data
+        for i, row in enumerate(data, start=1):
+            check_strings_in(row, file=name, row=i, field="(value)")
+        return Records(data)
     if suffix == ".csv":
+        text = decode_utf8(path.read_bytes(), name, tabular=True)
         try:
-            with open(path, encoding="utf-8", newline="") as f:
-                return list(csv.DictReader(f))
-        except (UnicodeDecodeError, csv.Error) as e:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = list(reader)
+        except csv.Error as e:
             raise DataError(f"not a readable CSV file ({e})", file=name) from None
+        # header = row 1, so data rows start at 2 (as a spreadsheet shows them)
+        return Records(rows, range(2, len(rows) + 2))
     if suffix == ".parquet":
         try:
-            return pq.read_table(name).to_pylist()
+            return Records(pq.read_table(name).to_pylist())
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"not a readable Parquet file ({e})", file=name) from None
     raise DataError(

@@ -27,6 +27,7 @@ from prefroute.data.outcomes import (
 from prefroute.embed.base import Embedder
 from prefroute.errors import ConfigError, check_range
 from prefroute.evaluate.metrics import RouterMetrics, oracle_metrics, random_metrics, router_metrics
+from prefroute.io import atomic_write_text
 
 ROUTELLM_BENCHMARKS = ("mt-bench", "mmlu", "gsm8k")
 
@@ -283,8 +284,7 @@ class EvalResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(path, text + "\n")
         return text
 
     def markdown_rows(self, *, references: bool = True) -> list[str]:

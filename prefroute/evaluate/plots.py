@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefroute.errors import ConfigError
 from prefroute.evaluate.benchmarks import EvalResult
+from prefroute.io import atomic_write
 
 
 def plot_routing_curves(results: Sequence[EvalResult], path: str | Path, *,
@@ -57,7 +58,7 @@ def plot_routing_curves(results: Sequence[EvalResult], path: str | Path, *,
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
+    with atomic_write(path, "wb", encoding=None) as handle:
+        fig.savefig(handle, dpi=120, format="png")
     plt.close(fig)
     return path

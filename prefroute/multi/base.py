@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from prefroute._logging import logger
-from prefroute.checkpoint import load_tensors, read_config, save_tensors, write_config
+from prefroute.checkpoint import (
+    check_finite_state,
+    load_tensors,
+    read_config,
+    save_checkpoint,
+    save_tensors,
+    verify_files,
+)
+from prefroute.checkpoint_policy import LoadOptions, sanitize_config
 from prefroute.data.outcomes import OutcomeTable
 from prefroute.embed.base import spec_if_embedder
 from prefroute.errors import CheckpointError, ConfigError, DataError
@@ -46,9 +54,9 @@ def multi_router_class(name: str) -> type[MultiRouter]:
     return MULTI_ROUTERS[name]
 
 
-def load_multi_router(directory: str | Path) -> MultiRouter:
+def load_multi_router(directory: str | Path, **load_options: Any) -> MultiRouter:
     """Load any multi-router checkpoint folder."""
-    return MultiRouter.from_pretrained(directory)
+    return MultiRouter.from_pretrained(directory, **load_options)
 
 
 class NotFittedError(ConfigError):
@@ -161,6 +169,7 @@ class MultiRouter(ABC):
         self.models_ = list(names)  # set first: _fit may name its outputs after the models
         self._fit(prompts, labels)
         self.fitted_ = True
+        check_finite_state(self._state()[0], type(self).__name__)
         return self
 
     def predict_scores(self, prompts: Sequence[str] | str, *, batch_size: int = 4096) -> np.ndarray:
@@ -202,10 +211,9 @@ class MultiRouter(ABC):
         return None
 
     # checkpoints --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the checkpoint folder: config.json + model.safetensors (+ extra files)."""
+    def save_pretrained(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the checkpoint folder atomically: config.json + model.safetensors (+ files)."""
         self._check_fitted()
-        directory = Path(directory)
         tensors, extra = self._state()
         state = {"models": list(self.models_), **extra}
         config = {
@@ -214,17 +222,25 @@ class MultiRouter(ABC):
             "params": self.get_params(),
             "state": state,
         }
-        save_tensors(directory, tensors)
-        self._save_files(directory)
-        write_config(directory, config)
-        return directory
+
+        def write_files(folder: Path) -> None:
+            save_tensors(folder, tensors)
+            self._save_files(folder)
+
+        return save_checkpoint(directory, config, write_files, overwrite=overwrite)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MultiRouter:
-        """Load a checkpoint; on the base class the config's type picks the subclass."""
+    def from_pretrained(cls, directory: str | Path, **load_options: Any) -> MultiRouter:
+        """Load a checkpoint; on the base class the config's type picks the subclass.
+
+        ``load_options``: see ``prefroute.checkpoint_policy.LoadOptions``.
+        """
         directory = Path(directory)
         generic = cls is MultiRouter or inspect.isabstract(cls)
+        options = LoadOptions.resolve(**load_options)
         config = read_config(directory, expected_type=None if generic else cls.router_type)
+        verify_files(directory, config)
+        config = sanitize_config(directory, config, options)
         klass = multi_router_class(config["type"]) if generic else cls
         params = config.get("params")
         state = config.get("state")
@@ -241,7 +257,10 @@ class MultiRouter(ABC):
             raise CheckpointError(
                 f"{directory / 'config.json'}: state.models must list the routed models"
             )
-        router = klass(**params)
+        try:
+            router = klass(**params)
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(f"{directory / 'config.json'}: params: {e}") from None
         extra = {k: v for k, v in state.items() if k != "models"}
         tensors = load_tensors(directory, router._expected_tensors(extra))
         router.models_ = list(models)

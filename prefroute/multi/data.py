@@ -23,6 +23,7 @@ import numpy as np
 from prefroute._logging import logger
 from prefroute.data.outcomes import OutcomeTable
 from prefroute.errors import CheckpointError, ConfigError, DataError, check_range
+from prefroute.io import atomic_write_text
 
 SPLIT_FILE = "split.json"
 
@@ -169,8 +170,7 @@ def write_split(directory: str | Path, prepared: PreparedTable, split: Split) ->
         "test_ids": ids[split.test].tolist(),
     }
     path = Path(directory) / SPLIT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record) + "\n")
+    atomic_write_text(path, json.dumps(record) + "\n")
     return path
 
 

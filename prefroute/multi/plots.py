@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from prefroute.errors import ConfigError
+from prefroute.io import atomic_write
 from prefroute.multi.metrics import nondecreasing_convex_hull
 
 POLICY_MARKERS = {
@@ -79,8 +80,8 @@ def plot_cost_quality(
         ax_zoom.legend(handles=handles, title="policy", fontsize=7.5, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb", encoding=None) as handle:
+        fig.savefig(handle, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -215,7 +216,7 @@ def plot_accuracy_bars(
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    with atomic_write(path, "wb", encoding=None) as handle:
+        fig.savefig(handle, dpi=130, format="png")
     plt.close(fig)
     return path

@@ -17,7 +17,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from prefroute.checkpoint import load_tensors, read_config, save_tensors, write_config
+from prefroute.checkpoint import (
+    check_finite_state,
+    load_tensors,
+    read_config,
+    save_checkpoint,
+    save_tensors,
+    verify_files,
+)
+from prefroute.checkpoint_policy import LoadOptions, sanitize_config
 from prefroute.data.battles import Battles
 from prefroute.embed.base import spec_if_embedder
 from prefroute.errors import CheckpointError, ConfigError
@@ -115,6 +123,7 @@ class WinPredictor(ABC):
             raise ConfigError("strong_model and weak_model must differ")
         self._fit(battles)
         self.fitted_ = True
+        check_finite_state(self._state()[0], type(self).__name__)
         return self
 
     def predict_proba(self, prompts: Sequence[str] | str, *, batch_size: int = 1024) -> np.ndarray:
@@ -161,12 +170,19 @@ class WinPredictor(ABC):
 
     # checkpoints --------------------------------------------------------------------
     def save_pretrained(
-        self, directory: str | Path, *, router: dict[str, Any] | None = None
+        self,
+        directory: str | Path,
+        *,
+        router: dict[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write the checkpoint folder: config.json + model.safetensors (+ extra files)."""
+        """Write the checkpoint folder atomically: config.json + model.safetensors (+ files).
+
+        An existing non-empty folder is replaced only with ``overwrite`` or when it is a
+        prefroute checkpoint; a failed save leaves it as it was.
+        """
         if not self.is_fitted:
             raise NotFittedError("cannot save an unfitted predictor")
-        directory = Path(directory)
         tensors, extra = self._state()
         config: dict[str, Any] = {
             "type": self.router_type,
@@ -175,17 +191,26 @@ class WinPredictor(ABC):
         }
         if router is not None:
             config["router"] = router
-        save_tensors(directory, tensors)
-        self._save_files(directory)
-        write_config(directory, config)
-        return directory
+
+        def write_files(folder: Path) -> None:
+            save_tensors(folder, tensors)
+            self._save_files(folder)
+
+        return save_checkpoint(directory, config, write_files, overwrite=overwrite)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> WinPredictor:
-        """Load a checkpoint; on the base class the config's type picks the subclass."""
+    def from_pretrained(cls, directory: str | Path, **load_options: Any) -> WinPredictor:
+        """Load a checkpoint; on the base class the config's type picks the subclass.
+
+        ``load_options`` (see ``prefroute.checkpoint_policy.LoadOptions``): what the loading
+        user decides and a checkpoint may not, e.g. ``embedder_base_url``, ``backbone``.
+        """
         directory = Path(directory)
         expected = None if cls is WinPredictor else cls.router_type
+        options = LoadOptions.resolve(**load_options)
         config = read_config(directory, expected_type=expected)
+        verify_files(directory, config)
+        config = sanitize_config(directory, config, options)
         klass = router_class(config["type"]) if cls is WinPredictor else cls
         params = config.get("params")
         if not isinstance(params, dict):
@@ -196,8 +221,13 @@ class WinPredictor(ABC):
                 f"{directory / 'config.json'}: parameters {unknown} are not parameters of "
                 f"{klass.__name__} (saved by another version?)"
             )
-        predictor = klass(**params)
+        try:
+            predictor = klass(**params)
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(f"{directory / 'config.json'}: params: {e}") from None
         extra = config.get("state", {})
+        if not isinstance(extra, dict):
+            raise CheckpointError(f"{directory / 'config.json'}: 'state' is not an object")
         tensors = load_tensors(directory, predictor._expected_tensors(extra))
         predictor._load_state(tensors, extra, directory)
         predictor.fitted_ = True

@@ -1,0 +1,219 @@
+"""The one validation layer every input format passes through.
+
+Readers (JSONL, JSON, CSV with or without a BOM, Parquet, hub datasets, outcome tables,
+prompt files) decode bytes and check fields here, so every bad value gets the same clear
+``DataError`` naming the file, the true row and the field:
+
+- text must be valid UTF-8 without lone surrogates (``\\ud800`` escapes from badly
+  encoded sources), reported with the row it sits in;
+- numbers must be real numbers (not booleans, not NaN / Infinity), inside their range:
+  a ``p_b_wins`` in [0, 1], a ``weight`` in [0, ``MAX_WEIGHT``].
+
+Row numbers are what a person sees in the file: the line of a JSONL file (blank lines
+counted), the row of a CSV file counting the header as row 1, the record of a Parquet file
+or a data set counting from 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from prefroute.errors import DataError
+
+# Larger weights only come from broken data: they overflow a weighted loss (1e308 * 2 = inf).
+MAX_WEIGHT = 1e6
+
+
+class Records(list):
+    """Rows read from a file, with the true row number of each (see the module doc)."""
+
+    def __init__(self, rows: Iterable[dict], row_numbers: Sequence[int] | None = None) -> None:
+        super().__init__(rows)
+        self.row_numbers = list(row_numbers) if row_numbers is not None else None
+
+
+def numbered(rows: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    """(true row number, row) pairs: a ``Records``' own numbers, else 1, 2, 3..."""
+    numbers = getattr(rows, "row_numbers", None)
+    if numbers is None or len(numbers) != len(rows):
+        return enumerate(rows, start=1)
+    return zip(numbers, rows, strict=True)
+
+
+def row_numbers_of(rows: Sequence[Any]) -> list[int] | None:
+    numbers = getattr(rows, "row_numbers", None)
+    return numbers if numbers is not None and len(numbers) == len(rows) else None
+
+
+# text -------------------------------------------------------------------------------
+def decode_utf8(data: bytes, file: str, *, tabular: bool = False) -> str:
+    """Decode a whole file as UTF-8 (a leading BOM is dropped); a bad byte names its row.
+
+    ``tabular``: count rows as CSV records (header = row 1) rather than lines.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        prefix = data[: e.start].decode("utf-8-sig", errors="replace")
+        if tabular:
+            row = sum(1 for _ in csv.reader(io.StringIO(prefix))) or 1
+        else:
+            row = prefix.count("\n") + 1
+        raise DataError(
+            f"is not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); save the file "
+            "as UTF-8",
+            file=file,
+            row=row,
+        ) from None
+
+
+def decode_line(raw: bytes, file: str, row: int) -> str:
+    """One line of a text file as UTF-8 (a BOM on the first line is dropped)."""
+    try:
+        return raw.decode("utf-8-sig" if row == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"is not valid UTF-8 (byte {raw[e.start]:#04x} at character {e.start}); save the "
+            "file as UTF-8",
+            file=file,
+            row=row,
+        ) from None
+
+
+def check_text(value: Any, *, file: str | None, row: int | None, field: str) -> str:
+    """``value`` if it is a string that UTF-8 can encode (no lone surrogates)."""
+    if not isinstance(value, str):
+        raise DataError(
+            f"expected a string, got {type(value).__name__}", file=file, row=row, field=field
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"holds a lone surrogate {value[e.start]!r} at character {e.start} (badly decoded "
+            "text); fix the encoding of the source",
+            file=file,
+            row=row,
+            field=field,
+        ) from None
+    return value
+
+
+def check_strings_in(value: Any, *, file: str | None, row: int | None, field: str) -> None:
+    """Every string nested in ``value`` (lists, dicts) passes ``check_text``."""
+    stack = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            check_text(item, file=file, row=row, field=where)
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+            for key in item:
+                if isinstance(key, str):
+                    check_text(key, file=file, row=row, field=where)
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+
+
+# numbers ----------------------------------------------------------------------------
+def check_number(
+    value: Any,
+    *,
+    file: str | None,
+    row: int | None,
+    field: str,
+    low: float | None = None,
+    high: float | None = None,
+    optional: bool = True,
+) -> float | None:
+    """A finite float from a number or numeric text; None for a missing value.
+
+    Missing: None, or an empty cell (CSV). Refused: booleans, NaN, +-Infinity, text that
+    is not a number, values outside [low, high].
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if optional:
+            return None
+        raise DataError("is missing", file=file, row=row, field=field)
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(f"is a boolean ({value}), not a number", file=file, row=row, field=field)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise DataError(f"not a number: {value!r}", file=file, row=row, field=field) from None
+    else:
+        raise DataError(
+            f"not a number: {type(value).__name__} {value!r}", file=file, row=row, field=field
+        )
+    if not math.isfinite(number):
+        raise DataError(f"must be a finite number, got {value!r}", file=file, row=row, field=field)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise DataError(
+            f"must lie in [{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}], got {value!r}",
+            file=file,
+            row=row,
+            field=field,
+        )
+    return number
+
+
+def check_probability(value: Any, *, file: str | None, row: int | None, field: str) -> float | None:
+    """A probability in [0, 1] (e.g. ``p_b_wins``), or None when missing."""
+    return check_number(value, file=file, row=row, field=field, low=0.0, high=1.0)
+
+
+def check_weight(value: Any, *, file: str | None, row: int | None, field: str) -> float | None:
+    """A sample weight in [0, MAX_WEIGHT], or None when missing."""
+    return check_number(value, file=file, row=row, field=field, low=0.0, high=MAX_WEIGHT)
+
+
+def check_number_array(
+    values: np.ndarray,
+    *,
+    file: str | None,
+    field: str,
+    low: float | None = None,
+    high: float | None = None,
+    row_numbers: Sequence[int] | None = None,
+    missing_ok: bool = True,
+) -> None:
+    """The bulk form of ``check_number`` for a float column (NaN = missing when allowed)."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = np.isinf(values)
+    if not missing_ok:
+        bad |= np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = row_numbers[i] if row_numbers is not None else i + 1
+        check_number(values[i], file=file, row=row, field=field, low=low, high=high,
+                     optional=missing_ok)
+        raise DataError(f"is not allowed: {values[i]!r}", file=file, row=row, field=field)
+
+
+def first_bad_text(values: Sequence[Any]) -> int | None:
+    """Index of the first value that is not a UTF-8-encodable string (None: all good)."""
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return i
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return i
+    return None
