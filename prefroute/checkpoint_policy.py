@@ -151,13 +151,14 @@ def _location(key: str, value: str, directory: Path, options: LoadOptions, field
     candidate = Path(value)
     if not candidate.is_absolute():
         resolved = (directory.resolve() / candidate).resolve()
-        if resolved.is_relative_to(directory.resolve()) and resolved != directory.resolve():
+        inside_folder = resolved.is_relative_to(directory.resolve())
+        if inside_folder and resolved != directory.resolve() and resolved.is_dir():
             return str(resolved)
     hint = "pass backbone=... (or --backbone / PREFROUTE_BACKBONE)" if key == "backbone" else (
         "use a bundled model or a folder inside the checkpoint"
     )
     raise CheckpointError(
-        f"{directory / CONFIG_NAME}: {field} {value!r} is neither a bundled model nor a "
-        f"folder inside the checkpoint; a checkpoint may not choose files or downloads "
-        f"elsewhere: {hint}"
+        f"{directory / CONFIG_NAME}: {field} {value!r} is neither a bundled model nor an "
+        f"existing folder inside the checkpoint; a checkpoint may not choose files or "
+        f"downloads elsewhere: {hint}"
     )

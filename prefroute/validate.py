@@ -113,10 +113,10 @@ def check_strings_in(value: Any, *, file: str | None, row: int | None, field: st
         if isinstance(item, str):
             check_text(item, file=file, row=row, field=where)
         elif isinstance(item, dict):
-            stack.extend((v, f"{where}.{k}") for k, v in item.items())
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
             for key in item:
                 if isinstance(key, str):
-                    check_text(key, file=file, row=row, field=where)
+                    check_text(key, file=file, row=row, field=where or "(key)")
         elif isinstance(item, list):
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
 

@@ -243,14 +243,20 @@ class Battles:
 
     @classmethod
     def read(cls, path: str | Path) -> Battles:
-        """Read a battles file by extension: .jsonl/.json or .parquet."""
+        """Read a battles file by extension: .jsonl/.json, .csv (with or without a BOM) or
+        .parquet; every format gets the same row validation (``prefroute.validate``)."""
         suffix = Path(path).suffix.lower()
         if suffix in (".jsonl", ".json"):
             return cls.read_jsonl(path)
         if suffix == ".parquet":
             return cls.read_parquet(path)
+        if suffix == ".csv":
+            from prefroute.data.tabular import read_records
+
+            return cls.from_records(read_records(path), file=str(path))
         raise DataError(
-            f"unsupported battles file type {suffix!r} (use .jsonl or .parquet)", file=str(path)
+            f"unsupported battles file type {suffix!r} (use .jsonl, .csv or .parquet)",
+            file=str(path),
         )
 
     def write(self, path: str | Path) -> None:

@@ -42,7 +42,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise DataError("expected a JSON object", file=name, row=i)
             if "\\u" in line:  # only \u escapes can make lone surrogates from valid UTF-8
-                check_strings_in(row, file=name, row=i, field="(value)")
+                check_strings_in(row, file=name, row=i, field="")
             yield i, row
 
 
@@ -80,7 +80,7 @@ def read_records(path: str | Path) -> Records:
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError("expected a list of JSON objects", file=name)
         for i, row in enumerate(data, start=1):
-            check_strings_in(row, file=name, row=i, field="(value)")
+            check_strings_in(row, file=name, row=i, field="")
         return Records(data)
     if suffix == ".csv":
         text = decode_utf8(path.read_bytes(), name, tabular=True)
