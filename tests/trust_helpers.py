@@ -166,3 +166,74 @@ def walk_specs(value: object) -> Iterator[dict]:
     elif isinstance(value, list):
         for item in value:
             yield from walk_specs(item)
+
+
+class ScriptedChatServer:
+    """A real ``POST /v1/chat/completions`` server on 127.0.0.1 answering 200 with the raw
+    bodies ``script(n)`` returns for the n-th request (bytes, content type)."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.count = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with server.lock:
+                    n = server.count
+                    server.count += 1
+                body, content_type = server.script(n)
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def chat_body(content: object = "[[A]]", usage: object = "default") -> bytes:
+    """A chat-completion JSON body; ``usage=None`` leaves usage out."""
+    body = {
+        "id": "x", "object": "chat.completion", "created": 0, "model": "judge-m",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+    }
+    if usage == "default":
+        usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body).encode()
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The real ``prefroute`` entry point in this process: (exit code, stdout, stderr)."""
+    from prefroute.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["prefroute", *args])
+    monkeypatch.delenv("PREFROUTE_DEBUG", raising=False)
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
