@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(VENV)/bin/prefroute benchmark --data-dir $(DATA_DIR) --out $(OUT)
+	$(VENV)/bin/prefroute benchmark --data-dir $(DATA_DIR) --out $(OUT) --overwrite
 
 test: install
 	PREFROUTE_DATA_DIR=$(DATA_DIR) $(PY) -m pytest -q -p no:cacheprovider

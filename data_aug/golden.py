@@ -19,6 +19,7 @@ from prefroute.data.loaders import golden_battles
 from prefroute.data.outcomes import OutcomeTable
 from prefroute.data.tabular import read_records
 from prefroute.errors import ConfigError, DataError, check_choice
+from prefroute.validate import numbered
 
 
 def select_rows(table: OutcomeTable, rows: Sequence[int] | np.ndarray | None = None, *,
@@ -149,7 +150,7 @@ def read_answers(
     file = str(path)
     gold_by_id: dict[str, str] = {}
     if gold_path is not None:
-        for i, r in enumerate(read_records(gold_path), start=1):
+        for i, r in numbered(read_records(gold_path)):
             if "prompt_id" not in r or r.get(gold_field) is None:
                 raise DataError("missing field", file=str(gold_path), row=i,
                                 field="prompt_id" if "prompt_id" not in r else gold_field)
@@ -157,7 +158,7 @@ def read_answers(
     ids: list[str] = []
     prompts: dict[str, str] = {}
     outputs: dict[str, dict[str, str]] = {}
-    for i, r in enumerate(rows, start=1):
+    for i, r in numbered(rows):
         for field in ("prompt_id", "prompt", "model", "output"):
             if r.get(field) is None:
                 raise DataError("missing field", file=file, row=i, field=field)

@@ -10,6 +10,7 @@ from pathlib import Path
 from prefroute._logging import logger
 from prefroute.data.tabular import read_records
 from prefroute.errors import DataError
+from prefroute.validate import decode_utf8, numbered
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,15 @@ def read_prompts(path: str | Path, *, prompt_field: str = "prompt",
     if path.suffix.lower() == ".txt":
         if not path.exists():
             raise DataError("file not found", file=str(path))
-        lines = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        text = decode_utf8(path.read_bytes(), str(path))
+        lines = [line.rstrip("\n") for line in text.splitlines()]
         return make_items([line for line in lines if line.strip()])
     rows = read_records(path)
     if not rows:
         raise DataError("no prompts", file=str(path))
     prompts, ids = [], []
     has_ids = all(r.get(id_field) is not None for r in rows)
-    for i, r in enumerate(rows, start=1):
+    for i, r in numbered(rows):
         value = r.get(prompt_field)
         if not isinstance(value, str) or not value.strip():
             raise DataError("missing or empty prompt", file=str(path), row=i, field=prompt_field)
@@ -88,7 +90,7 @@ def read_outputs(path: str | Path) -> tuple[list[PromptItem], dict[str, dict[str
     prompts: list[str] = []
     ids: list[str] = []
     outputs: dict[str, dict[str, str]] = {}
-    for i, r in enumerate(rows, start=1):
+    for i, r in numbered(rows):
         for field in ("prompt", "model", "output"):
             if not isinstance(r.get(field), str):
                 raise DataError("missing or not text", file=file, row=i, field=field)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -48,10 +49,14 @@ app.add_typer(augment_app, name="augment", help="Build battles: golden labels or
 
 
 MAX_MESSAGE_CHARS = 2000
+# API keys and bearer tokens that an upstream error may echo back
+_SECRETS = re.compile(r"(Bearer\s+|\b(?:sk|pk|rk)-)[A-Za-z0-9_\-.]{6,}", re.IGNORECASE)
 
 
 def _one_line(error: BaseException) -> str:
+    """The message on one line, secrets redacted first, then cut to a readable length."""
     text = " ".join(str(error).split()) or type(error).__name__
+    text = _SECRETS.sub(lambda m: m.group(1) + "[redacted]", text)
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
