@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefroute.errors import ConfigError
+from prefroute.errors import ConfigError, DataError
 
 
 def estimate_tokens(text: str) -> int:
@@ -99,6 +99,12 @@ class Usage:
     calls: int = 0
 
     def add(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one call; negative or non-integer counts are refused (cost only grows)."""
+        for name, value in (("prompt_tokens", prompt_tokens),
+                            ("completion_tokens", completion_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"token count must be an integer >= 0, got {value!r}",
+                                field=name)
         counts = self.tokens.setdefault(model, [0, 0])
         counts[0] += int(prompt_tokens)
         counts[1] += int(completion_tokens)

@@ -234,7 +234,9 @@ def _result(response: ChatCompletion, attempts: int, errors: list[str]) -> ChatR
         raise MalformedAnswer("the endpoint answered without choices")
     choice = choices[0]
     message = getattr(choice, "message", None)
-    content = getattr(message, "content", None) if message is not None else None
+    if message is None or isinstance(message, (str, int, float, list)):
+        raise MalformedAnswer("choices[0].message is missing or not an object")
+    content = getattr(message, "content", None)
     if content is not None and not isinstance(content, str):
         raise MalformedAnswer(f"choices[0].message.content is {type(content).__name__}")
     usage = response.usage

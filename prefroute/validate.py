@@ -33,9 +33,17 @@ MAX_WEIGHT = 1e6
 class Records(list):
     """Rows read from a file, with the true row number of each (see the module doc)."""
 
-    def __init__(self, rows: Iterable[dict], row_numbers: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        rows: Iterable[dict],
+        row_numbers: Sequence[int] | None = None,
+        *,
+        text_cells: bool = False,
+    ) -> None:
         super().__init__(rows)
         self.row_numbers = list(row_numbers) if row_numbers is not None else None
+        # CSV cells are all text, so numbers arrive as "0.5"; typed formats must hold numbers
+        self.text_cells = text_cells
 
 
 def numbered(rows: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -131,11 +139,13 @@ def check_number(
     low: float | None = None,
     high: float | None = None,
     optional: bool = True,
+    text_ok: bool = True,
 ) -> float | None:
-    """A finite float from a number or numeric text; None for a missing value.
+    """A finite float from a number or (with ``text_ok``, for CSV) numeric text; None for a
+    missing value.
 
     Missing: None, or an empty cell (CSV). Refused: booleans, NaN, +-Infinity, text that
-    is not a number, values outside [low, high].
+    is not a number (any text unless ``text_ok``), values outside [low, high].
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         if optional:
@@ -146,6 +156,10 @@ def check_number(
     if isinstance(value, (int, float, np.integer, np.floating)):
         number = float(value)
     elif isinstance(value, str):
+        if not text_ok:
+            raise DataError(
+                f"must be a number, got the text {value!r}", file=file, row=row, field=field
+            )
         try:
             number = float(value.strip())
         except ValueError:
@@ -167,14 +181,22 @@ def check_number(
     return number
 
 
-def check_probability(value: Any, *, file: str | None, row: int | None, field: str) -> float | None:
+def check_probability(
+    value: Any, *, file: str | None, row: int | None, field: str, text_ok: bool = False
+) -> float | None:
     """A probability in [0, 1] (e.g. ``p_b_wins``), or None when missing."""
-    return check_number(value, file=file, row=row, field=field, low=0.0, high=1.0)
+    return check_number(
+        value, file=file, row=row, field=field, low=0.0, high=1.0, text_ok=text_ok
+    )
 
 
-def check_weight(value: Any, *, file: str | None, row: int | None, field: str) -> float | None:
+def check_weight(
+    value: Any, *, file: str | None, row: int | None, field: str, text_ok: bool = False
+) -> float | None:
     """A sample weight in [0, MAX_WEIGHT], or None when missing."""
-    return check_number(value, file=file, row=row, field=field, low=0.0, high=MAX_WEIGHT)
+    return check_number(
+        value, file=file, row=row, field=field, low=0.0, high=MAX_WEIGHT, text_ok=text_ok
+    )
 
 
 def check_number_array(

@@ -55,7 +55,7 @@ BAD_VALUES = [
     ("p_b_wins", float("nan"), "finite"),
     ("p_b_wins", 1e308, "must lie in"),
     ("p_b_wins", 1.5, "must lie in"),
-    ("p_b_wins", "abc", "not a number"),
+    ("p_b_wins", "abc", "not a number|must be a number"),
 ]
 
 
@@ -73,6 +73,16 @@ def test_bad_numbers_name_file_true_row_and_field(tmp_path, suffix, bom, field, 
     if isinstance(value, str):
         row = {"jsonl": 1, "csv": 2, "parquet": 1}[suffix]  # the first row already fails
     assert (info.value.file, info.value.row, info.value.field) == (str(path), row, field)
+
+
+def test_numbers_as_text_only_in_csv(tmp_path):
+    rows = [dict(r, p_b_wins="0.25", weight="2") for r in _rows()]
+    for suffix in ("jsonl", "parquet"):  # typed formats must hold numbers
+        with pytest.raises(DataError, match="must be a number, got the text") as info:
+            Battles.read(_write(tmp_path / f"b.{suffix}", rows))
+        assert (info.value.row, info.value.field) == (1, "weight")
+    battles = Battles.read(_write(tmp_path / "b.csv", rows))  # CSV cells are all text
+    assert set(battles.numeric("p_b_wins")) == {0.25} and set(battles.numeric("weight")) == {2.0}
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])

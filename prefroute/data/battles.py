@@ -47,7 +47,7 @@ SCHEMA = pa.schema(
 )
 
 
-def _validate_row(row: Mapping, index: int, file: str | None) -> dict:
+def _validate_row(row: Mapping, index: int, file: str | None, text_ok: bool = False) -> dict:
     out = {}
     for field in REQUIRED_COLUMNS:
         if field not in row or row[field] is None:
@@ -62,9 +62,11 @@ def _validate_row(row: Mapping, index: int, file: str | None) -> dict:
             row=index,
             field="winner",
         )
-    out["weight"] = check_weight(row.get("weight"), file=file, row=index, field="weight")
+    out["weight"] = check_weight(
+        row.get("weight"), file=file, row=index, field="weight", text_ok=text_ok
+    )
     out["p_b_wins"] = check_probability(
-        row.get("p_b_wins"), file=file, row=index, field="p_b_wins"
+        row.get("p_b_wins"), file=file, row=index, field="p_b_wins", text_ok=text_ok
     )
     source = row.get("source")
     out["source"] = None if source is None else check_text(
@@ -115,7 +117,8 @@ class Battles:
         records = list(records) if not isinstance(records, Sequence) else records
         numbers = row_numbers if row_numbers is not None else row_numbers_of(records)
         pairs = zip(numbers, records, strict=True) if numbers is not None else numbered(records)
-        rows = [_validate_row(r, i, file) for i, r in pairs]
+        text_ok = getattr(records, "text_cells", False)
+        rows = [_validate_row(r, i, file, text_ok) for i, r in pairs]
         return cls(pa.Table.from_pylist(rows, schema=SCHEMA))
 
     @classmethod

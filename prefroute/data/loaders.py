@@ -183,7 +183,8 @@ def load_judge_battles(path: str | Path) -> Battles:
         a.append(r["model_a"])
         b.append(r["model_b"])
         winners.append(r["winner"])
-        p_b.append(check_probability(r.get("p_b_wins"), file=str(path), row=i, field="p_b_wins"))
+        p_b.append(check_probability(r.get("p_b_wins"), file=str(path), row=i, field="p_b_wins",
+                                     text_ok=getattr(rows, "text_cells", False)))
         sources.append(f"judge:{r['source']}" if r.get("source") else "judge")
         numbers.append(i)
     return Battles.from_columns(

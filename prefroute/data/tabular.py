@@ -90,7 +90,7 @@ def read_records(path: str | Path) -> Records:
         except csv.Error as e:
             raise DataError(f"not a readable CSV file ({e})", file=name) from None
         # header = row 1, so data rows start at 2 (as a spreadsheet shows them)
-        return Records(rows, range(2, len(rows) + 2))
+        return Records(rows, range(2, len(rows) + 2), text_cells=True)
     if suffix == ".parquet":
         try:
             return Records(pq.read_table(name).to_pylist())
