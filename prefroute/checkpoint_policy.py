@@ -42,8 +42,9 @@ class LoadOptions:
     ----------
     embedder_base_url: API root for an ``openai`` embedder (None: api.openai.com).
     embedder_api_key_env: the environment variable holding its key (None: OPENAI_API_KEY).
-    backbone: the base model for a neural router whose checkpoint holds only an adapter
-        (None: the checkpoint's, if bundled or inside the folder).
+    backbone: the base model (``backbone`` / ``model_path``) for a neural router or
+        encoder, e.g. when the checkpoint holds only an adapter (None: the checkpoint's, if
+        bundled or inside the folder).
     trust_checkpoint_endpoints: use the endpoint and key variable the checkpoint records.
     """
 
@@ -144,7 +145,7 @@ def _check_string(
 
 
 def _location(key: str, value: str, directory: Path, options: LoadOptions, field: str) -> str:
-    if key == "backbone" and options.backbone is not None:
+    if options.backbone is not None:  # the user's base model wins, wherever it is named
         return options.backbone
     if value.startswith("bundled:"):
         return value
@@ -154,9 +155,7 @@ def _location(key: str, value: str, directory: Path, options: LoadOptions, field
         inside_folder = resolved.is_relative_to(directory.resolve())
         if inside_folder and resolved != directory.resolve() and resolved.is_dir():
             return str(resolved)
-    hint = "pass backbone=... (or --backbone / PREFROUTE_BACKBONE)" if key == "backbone" else (
-        "use a bundled model or a folder inside the checkpoint"
-    )
+    hint = "pass backbone=... (or set PREFROUTE_BACKBONE) to the base model you trust"
     raise CheckpointError(
         f"{directory / CONFIG_NAME}: {field} {value!r} is neither a bundled model nor an "
         f"existing folder inside the checkpoint; a checkpoint may not choose files or "
