@@ -129,10 +129,12 @@ def _bool_cell(value: str, path: str, row: int, field_name: str) -> float:
     )
 
 
-def _float_cell(value: str, path: str, row: int, field_name: str) -> float:
+def _float_cell(
+    value: str, path: str, row: int, field_name: str, low: float | None = None
+) -> float:
     if value.strip().lower() in ("", "nan"):
         return np.nan  # no result for this model on this item
-    return check_number(value, file=path, row=row, field=field_name)
+    return check_number(value, file=path, row=row, field=field_name, low=low)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list[str]]]:
@@ -286,10 +288,10 @@ def _routerbench_prompt(cell: str, path: str, row: int) -> str:
     if text.startswith("["):
         try:
             turns = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             try:
                 turns = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError):
                 raise DataError(
                     "prompt is neither text nor a list of turns", file=path, row=row, field="prompt"
                 ) from None
@@ -337,7 +339,7 @@ def load_routerbench(
             oracle.append(r[oracle_col] if oracle_col is not None else None)
             for j, (sc, cc) in enumerate(zip(score_cols, cost_cols)):
                 s[i, j] = _float_cell(r[sc], str(path), line, header[sc])
-                c[i, j] = _float_cell(r[cc], str(path), line, header[cc])
+                c[i, j] = _float_cell(r[cc], str(path), line, header[cc], low=0.0)
         score_parts.append(s)
         cost_parts.append(c)
     assert models is not None
