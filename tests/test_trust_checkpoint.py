@@ -241,3 +241,33 @@ def test_save_is_atomic_and_replaces_only_checkpoints(checkpoint, tmp_path):
     assert snapshot(target) == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert json.loads((target / "config.json").read_text())["files"]
+
+
+def test_multi_router_checkpoints_follow_the_same_rules(
+    tmp_path, data_dir, monkeypatch, capsys, watched
+):
+    from trust_helpers import run_main
+
+    from prefroute.multi.base import load_multi_router
+
+    attempts, environ = watched
+    out = tmp_path / "knn"
+    code, _, err = run_main(monkeypatch, capsys, "multi", "train", "--table", "routerbench",
+                            "--router", "knn", "--out", str(out), "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert "split.json" in " ".join(json.loads((out / "config.json").read_text())["files"])
+    assert load_multi_router(out).models_  # the split file is recorded, so this loads
+
+    with EmbeddingServer(EMBED_DIM) as evil:
+        tampered = copy_checkpoint(out, tmp_path / "tampered")
+        edit_config(tampered, lambda c: c["state"].__setitem__(
+            "embedder_spec", _openai_spec(evil.base_url)))
+        with pytest.raises(CheckpointError, match=r"embedder_spec\.params\.base_url"):
+            load_multi_router(tampered)
+        before = snapshot(tampered)
+        code, _, err = run_main(monkeypatch, capsys, "multi", "eval", str(tampered), "--table",
+                                "routerbench", "--data-dir", str(data_dir))
+        assert code == 2 and "config.json" in err and "Traceback" not in err
+        assert evil.connections == 0 and snapshot(tampered) == before
+    assert SECRET_VAR not in environ.read
+    assert not [a for a in attempts if isinstance(a, tuple) and a[0] == "127.0.0.1"]
