@@ -20,7 +20,8 @@ def train(
     data: list[str] = typer.Option(
         ...,
         "--data",
-        help="battles file (.jsonl/.parquet: prompt, model_a, model_b, winner[, p_b_wins]) or a "
+        help="battles file (.jsonl/.csv/.parquet: prompt, model_a, model_b, winner[, weight, "
+        "p_b_wins]) or a "
         "named source: alpaca_eval, mt_bench_human, mt_bench_gpt4, golden:<table> (the "
         "strong/weak models' own columns; golden:mmlu_pro@STRONG_COL,WEAK_COL names "
         "stand-ins) (repeat for several)",
