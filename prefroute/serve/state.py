@@ -1,0 +1,301 @@
+"""Where the budget controller keeps its state: in this process, or in Redis for replicas.
+
+The state of each controlled router is a window of its last N routed requests (strong-win
+probability, side, time), with the number of strong calls in it; beside it, the spend and
+priced-response counts per side and the time the state was created. ``LocalState`` keeps
+them in memory; ``RedisState`` keeps them in one Redis database, so every replica that
+points at it pushes into and reads from the same window. Each update is one Lua script,
+which Redis runs atomically: a window and its strong count can never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from prefroute.errors import ConfigError
+from prefroute.serve.errors import redact
+
+SIDES = ("strong", "weak")
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """The window of one router after an update: how many requests, how many went strong."""
+
+    size: int
+    strong: int
+
+    @property
+    def strong_share(self) -> float | None:
+        return self.strong / self.size if self.size else None
+
+
+@dataclass(frozen=True)
+class RecentScores:
+    """The latest scores of a window, oldest first, with the time of each request."""
+
+    scores: np.ndarray
+    times: np.ndarray
+
+
+@dataclass(frozen=True)
+class SpendTotals:
+    """Dollars spent and responses priced per side since the state was created."""
+
+    started: float
+    spend: dict[str, float]
+    priced: dict[str, int]
+    unpriced: int
+
+    @property
+    def total_spend(self) -> float:
+        return sum(self.spend.values())
+
+
+class ControllerState:
+    """The interface both stores implement (async, so Redis never blocks the event loop)."""
+
+    async def connect(self) -> None:
+        """Check the store is reachable (called once at server start)."""
+
+    async def push(
+        self, router: str, score: float, strong: bool, now: float, window: int
+    ) -> WindowStats:
+        """Append one routed request to ``router``'s window, keeping its last ``window``."""
+        raise NotImplementedError
+
+    async def window_stats(self, router: str) -> WindowStats:
+        raise NotImplementedError
+
+    async def recent(self, router: str, count: int) -> RecentScores:
+        """The last ``count`` entries of ``router``'s window."""
+        raise NotImplementedError
+
+    async def add_spend(self, side: str, usd: float | None) -> None:
+        """Record one response of ``side``: its price, or None when it carried no usage."""
+        raise NotImplementedError
+
+    async def spend_totals(self) -> SpendTotals:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+class LocalState(ControllerState):
+    """In-process state: one replica's own window and spend."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._lock = threading.Lock()
+        self._windows: dict[str, deque[tuple[float, bool, float]]] = {}
+        self._strong: dict[str, int] = {}
+        self._spend = dict.fromkeys(SIDES, 0.0)
+        self._priced = dict.fromkeys(SIDES, 0)
+        self._unpriced = 0
+        self._started = float(clock())
+
+    async def push(
+        self, router: str, score: float, strong: bool, now: float, window: int
+    ) -> WindowStats:
+        with self._lock:
+            entries = self._windows.setdefault(router, deque())
+            entries.append((float(score), bool(strong), float(now)))
+            count = self._strong.get(router, 0) + int(strong)
+            while len(entries) > window:
+                count -= int(entries.popleft()[1])
+            self._strong[router] = count
+            return WindowStats(len(entries), count)
+
+    async def window_stats(self, router: str) -> WindowStats:
+        with self._lock:
+            return WindowStats(len(self._windows.get(router, ())), self._strong.get(router, 0))
+
+    async def recent(self, router: str, count: int) -> RecentScores:
+        with self._lock:
+            entries = list(self._windows.get(router, ()))[-count:] if count > 0 else []
+        return RecentScores(
+            np.array([e[0] for e in entries], dtype=np.float64),
+            np.array([e[2] for e in entries], dtype=np.float64),
+        )
+
+    async def add_spend(self, side: str, usd: float | None) -> None:
+        with self._lock:
+            if usd is None:
+                self._unpriced += 1
+            else:
+                self._spend[side] += usd
+                self._priced[side] += 1
+
+    async def spend_totals(self) -> SpendTotals:
+        with self._lock:
+            return SpendTotals(self._started, dict(self._spend), dict(self._priced), self._unpriced)
+
+
+# Redis ------------------------------------------------------------------------------------
+# KEYS[1] window list, KEYS[2] strong count; ARGV: entry, is_strong (0/1), window size.
+# Entries are "score|flag|time"; the flag is the character after the first "|".
+_PUSH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+local strong = tonumber(ARGV[2])
+if strong == 1 then redis.call('INCR', KEYS[2]) end
+local limit = tonumber(ARGV[3])
+local size = redis.call('LLEN', KEYS[1])
+while size > limit do
+  local old = redis.call('LPOP', KEYS[1])
+  local bar = string.find(old, '|', 1, true)
+  if string.sub(old, bar + 1, bar + 1) == '1' then redis.call('DECR', KEYS[2]) end
+  size = size - 1
+end
+return {size, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+# KEYS[1] spend hash, KEYS[2] started; ARGV: side, usd ('' when unpriced), now.
+_SPEND = """
+redis.call('SETNX', KEYS[2], ARGV[3])
+if ARGV[2] == '' then
+  redis.call('HINCRBY', KEYS[1], 'unpriced', 1)
+else
+  redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1] .. '_usd', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], ARGV[1] .. '_priced', 1)
+end
+return 1
+"""
+
+
+def check_state_url(url: str) -> str:
+    """``url`` if it is ``redis://HOST:PORT/DB`` (or rediss://, unix://); ConfigError otherwise."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"--state-url must look like redis://HOST:PORT/DB; got {redact(str(url))!r}"
+        )
+    if parts.scheme != "unix":
+        db = parts.path.strip("/")
+        if not parts.hostname or (db and not db.isdigit()):
+            raise ConfigError(
+                f"--state-url must look like redis://HOST:PORT/DB; got {redact(url)!r}"
+            )
+    return url
+
+
+class RedisState(ControllerState):
+    """State in Redis under ``prefix``: shared by every replica given the same URL and prefix."""
+
+    def __init__(self, url: str, *, prefix: str = "prefroute", clock: Any = time.time) -> None:
+        self.url = check_state_url(url)
+        self.prefix = prefix
+        self._clock = clock
+        self._client: Any = None
+        self._push: Any = None
+        self._spend_script: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # a client binds to its event loop
+            import redis.asyncio as aioredis
+
+            self._client = aioredis.from_url(self.url, decode_responses=True)
+            self._push = self._client.register_script(_PUSH)
+            self._spend_script = self._client.register_script(_SPEND)
+            self._loop = loop
+        return self._client
+
+    async def connect(self) -> None:
+        import redis
+
+        try:
+            await self.client.ping()
+            await self.client.setnx(self._key("started"), repr(float(self._clock())))
+        except redis.RedisError as e:
+            raise ConfigError(
+                f"cannot use the controller state at {redact(self.url)}: {type(e).__name__}: "
+                f"{redact(str(e))}"
+            ) from None
+
+    async def push(
+        self, router: str, score: float, strong: bool, now: float, window: int
+    ) -> WindowStats:
+        client = self.client
+        entry = f"{float(score)!r}|{int(strong)}|{float(now)!r}"
+        size, count = await self._push(
+            keys=[self._key("window", router), self._key("window_strong", router)],
+            args=[entry, int(strong), int(window)],
+            client=client,
+        )
+        return WindowStats(int(size), int(count))
+
+    async def window_stats(self, router: str) -> WindowStats:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(self._key("window", router))
+            pipe.get(self._key("window_strong", router))
+            size, count = await pipe.execute()
+        return WindowStats(int(size), int(count or 0))
+
+    async def recent(self, router: str, count: int) -> RecentScores:
+        if count <= 0:
+            return RecentScores(np.empty(0), np.empty(0))
+        key = self._key("window", router)
+        entries = await self.client.lrange(key, -count, -1)
+        scores = np.empty(len(entries))
+        times = np.empty(len(entries))
+        for i, entry in enumerate(entries):
+            try:
+                score, _, when = entry.split("|")
+                scores[i], times[i] = float(score), float(when)
+            except ValueError:
+                raise ConfigError(
+                    f"the controller state at {redact(self.url)} holds a malformed entry "
+                    f"{entry[:80]!r} in {key!r}; it was not written by prefroute"
+                ) from None
+        if not np.isfinite(scores).all():
+            raise ConfigError(f"the controller state key {key!r} holds a non-finite score")
+        return RecentScores(scores, times)
+
+    async def add_spend(self, side: str, usd: float | None) -> None:
+        client = self.client
+        await self._spend_script(
+            keys=[self._key("spend"), self._key("started")],
+            args=[side, "" if usd is None else repr(float(usd)), repr(float(self._clock()))],
+            client=client,
+        )
+
+    async def spend_totals(self) -> SpendTotals:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._key("spend"))
+            pipe.get(self._key("started"))
+            values, started = await pipe.execute()
+        spend = {side: _finite(values.get(f"{side}_usd", 0.0)) for side in SIDES}
+        priced = {side: int(values.get(f"{side}_priced", 0)) for side in SIDES}
+        start = _finite(started) if started is not None else float(self._clock())
+        return SpendTotals(start, spend, priced, int(values.get("unpriced", 0)))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"the controller state holds a non-finite number {value!r}")
+    return number
+
+
+def make_state(state_url: str | None, *, prefix: str = "prefroute") -> ControllerState:
+    """Redis state for a URL, in-process state for None."""
+    return LocalState() if state_url is None else RedisState(state_url, prefix=prefix)
