@@ -7,6 +7,7 @@ import socket
 import typer
 
 from prefroute.errors import ConfigError
+from prefroute.serve.budget import budget_settings
 from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -72,6 +73,32 @@ def serve(
         1, "--routing-threads", help="threads that run the routers"
     ),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log"),
+    target_strong_rate: float = typer.Option(
+        None, "--target-strong-rate", help="hold this strong-call share online (0-1)"
+    ),
+    window: int = typer.Option(
+        1000, "--window", help="routed requests the strong share is held over"
+    ),
+    budget_per_hour: float = typer.Option(
+        None, "--budget-per-hour", help="pace upstream spend at this many USD per hour"
+    ),
+    strong_input_price: float = typer.Option(
+        0.0, "--strong-input-price", help="USD per 1k input tokens of the strong model"
+    ),
+    strong_output_price: float = typer.Option(
+        0.0, "--strong-output-price", help="USD per 1k output tokens of the strong model"
+    ),
+    weak_input_price: float = typer.Option(
+        0.0, "--weak-input-price", help="USD per 1k input tokens of the weak model"
+    ),
+    weak_output_price: float = typer.Option(
+        0.0, "--weak-output-price", help="USD per 1k output tokens of the weak model"
+    ),
+    state_url: str = typer.Option(
+        None,
+        "--state-url",
+        help="redis://HOST:PORT/DB: replicas share the controller state (default in-process)",
+    ),
 ) -> None:
     """Serve routers behind POST /v1/chat/completions; request model router-NAME[-THRESHOLD]."""
     try:
@@ -82,6 +109,13 @@ def serve(
         raise ConfigError(
             f"serving needs FastAPI and uvicorn: pip install 'prefroute[serve]' ({e})"
         ) from None
+    budget = budget_settings(
+        target_strong_rate=target_strong_rate,
+        window=window,
+        budget_per_hour=budget_per_hour,
+        prices=(strong_input_price, strong_output_price, weak_input_price, weak_output_price),
+        state_url=state_url,
+    )
     settings = ServeSettings(
         routers=checkpoints,
         strong=UpstreamSettings(
@@ -97,6 +131,7 @@ def serve(
         routing_threads=routing_threads,
         host=host,
         port=port,
+        budget=budget,
     )
     fastapi_app = create_app(settings)
     _check_port_free(host, port)

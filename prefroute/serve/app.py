@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefroute._logging import logger
+from prefroute.serve import budget
 from prefroute.serve.batcher import MicroBatcher
 from prefroute.serve.errors import (
     InvalidRequestError,
@@ -73,9 +74,18 @@ class ServerState:
         }
         self.metrics = Metrics(settings.latency_window)
         self.created = int(time.time())
+        self.budget = (
+            budget.BudgetController(
+                settings.budget, {n: r.threshold for n, r in self.table.routers.items()}
+            )
+            if settings.budget is not None
+            else None
+        )
 
     async def warm_up(self) -> None:
         """Score one prompt per router so lazy model loads happen before the first request."""
+        if self.budget is not None:
+            await self.budget.connect()
         loop = asyncio.get_running_loop()
         for name, router in self.table.routers.items():
             started = time.perf_counter()
@@ -87,6 +97,8 @@ class ServerState:
             await batcher.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.budget is not None:
+            await self.budget.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def error_response(
@@ -152,7 +164,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
-        return {**state.metrics.snapshot(), "batching": state.batching_stats()}
+        snapshot = {**state.metrics.snapshot(), "batching": state.batching_stats()}
+        if state.budget is not None:
+            snapshot["budget"] = await state.budget.snapshot()
+        return snapshot
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -198,7 +213,9 @@ async def _chat_completion(state: ServerState, request: Request) -> Response:
                 f"router {resolved.router_name!r} failed to score the prompt", code="routing_failed"
             ) from None
         routing_seconds = time.perf_counter() - routing_started
-        decision = state.table.decide(resolved, strong_win_prob)
+        decision, budget_headers = await budget.decide(
+            state.budget, state.table, resolved, strong_win_prob
+        )
         state.metrics.routed(decision, routing_seconds)
         logger.debug(
             "routed %s -> %s (p=%.4f, t=%.4f)",
@@ -209,7 +226,11 @@ async def _chat_completion(state: ServerState, request: Request) -> Response:
         )
         upstream = state.upstreams[decision.side]
         upstream_body = {**body, "model": decision.upstream_model}
-        headers = {**decision.headers(), "x-prefroute-routing-ms": f"{routing_seconds * 1000:.3f}"}
+        headers = {
+            **decision.headers(),
+            **budget_headers,
+            "x-prefroute-routing-ms": f"{routing_seconds * 1000:.3f}",
+        }
         if stream:
             response = await upstream.open_stream(upstream_body)
             return StreamingResponse(
@@ -219,6 +240,8 @@ async def _chat_completion(state: ServerState, request: Request) -> Response:
             )
         data = await upstream.complete(upstream_body)
         data["model"] = decision.upstream_model
+        if state.budget is not None:
+            await state.budget.record_usage(decision.side, data.get("usage"))
         state.metrics.finished(200, time.perf_counter() - started)
         return JSONResponse(data, headers=headers)
     except ServeError as e:
@@ -244,6 +267,7 @@ async def _relay(
 ) -> AsyncIterator[str]:
     """Relay the upstream's SSE chunks with the routed model name; an error event if it breaks."""
     model = decision.upstream_model
+    usage = None
     try:
         async for payload in upstream.stream_events(response, model):
             if payload == "[DONE]":
@@ -262,6 +286,8 @@ async def _relay(
                     f"the {decision.side} upstream ({model!r}) failed mid-stream: {message}",
                     code="upstream_stream_error",
                 )
+            if isinstance(chunk, dict) and chunk.get("usage"):
+                usage = chunk["usage"]
             if isinstance(chunk, dict) and "model" in chunk:
                 chunk["model"] = model
             yield _sse(chunk)
@@ -271,4 +297,6 @@ async def _relay(
         yield _sse(error_body(e, state.secrets))
     finally:
         await response.aclose()
+        if state.budget is not None:
+            await state.budget.record_usage(decision.side, usage)
         state.metrics.finished(200, time.perf_counter() - started)

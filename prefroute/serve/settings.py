@@ -7,9 +7,13 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefroute.errors import ConfigError, check_choice
 from prefroute.router import Router
+
+if TYPE_CHECKING:
+    from prefroute.serve.budget import BudgetSettings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -81,6 +85,7 @@ class ServeSettings:
     max_connections: most open connections per upstream.
     latency_window: how many recent requests the latency percentiles cover.
     host, port: where ``prefroute serve`` listens.
+    budget: the online threshold controller (a strong share or a spend rate to hold), or None.
     """
 
     routers: RoutersSpec
@@ -95,6 +100,7 @@ class ServeSettings:
     latency_window: int = 10_000
     host: str = "127.0.0.1"
     port: int = 6060
+    budget: BudgetSettings | None = None
 
     def __post_init__(self) -> None:
         owner = "ServeSettings"
