@@ -30,7 +30,13 @@ from prefroute.data.outcomes import load_routellm_gsm8k, load_routellm_mmlu
 from prefroute.errors import ConfigError
 from prefroute.router import Router, load_router, make_router
 from prefroute.serve import ServeSettings, UpstreamSettings, create_app
-from prefroute.serve.budget import BudgetController, BudgetSettings, budget_share, usage_cost
+from prefroute.serve.budget import (
+    BudgetController,
+    BudgetSettings,
+    budget_settings,
+    budget_share,
+    usage_cost,
+)
 from prefroute.serve.state import LocalState, RedisState, SpendTotals
 
 STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
@@ -328,6 +334,16 @@ def test_budget_pacing_prices_usage_and_holds_spend_down(mf_dir, upstreams, drif
             expected_spend += usage_cost(prices, side, usage)
             sides.append(side)
         metrics = c.get("/metrics").json()["budget"]
+        # a stream whose upstream sends no usage is counted as unpriced, not as free
+        body = {
+            "model": "router-mf",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        with c.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            assert "data: [DONE]" in response.read().decode()
+        assert c.get("/metrics").json()["budget"]["unpriced_responses"] == 1
     # every response was priced from its usage, and the spend adds up to the cent
     assert metrics["unpriced_responses"] == 0
     assert sum(metrics["priced_responses"].values()) == len(prompts)
@@ -414,3 +430,24 @@ def test_two_server_processes_share_one_window_in_redis(
     assert [e.split("|")[1] == "1" for e in entries] == list(strong[-window:])
     # and together they hold the target on drifted traffic
     assert abs(strong[window:].mean() - RATE) < 0.07
+
+
+def test_cli_refuses_an_unreachable_state_url_with_one_line(mf_dir):
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    command = [sys.executable, "-m", "prefroute.cli.main", "serve", str(mf_dir), "--port", "0"]
+    command += ["--target-strong-rate", "0.3", "--state-url", url]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"error: cannot use the controller state at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(ConfigError, match="--state-url must look like redis://"):
+        budget_settings(
+            target_strong_rate=0.3, window=10, budget_per_hour=None, prices=(0, 0, 0, 0),
+            state_url="http://127.0.0.1:6379/0",
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="--state-url needs --target-strong-rate"):
+        budget_settings(
+            target_strong_rate=None, window=10, budget_per_hour=None, prices=(0, 0, 0, 0),
+            state_url=url,
+        )  # fmt: skip

@@ -9,6 +9,7 @@ import typer
 from prefroute.errors import ConfigError
 from prefroute.serve.budget import budget_settings
 from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
+from prefroute.serve.state import check_reachable
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -133,6 +134,8 @@ def serve(
         port=port,
         budget=budget,
     )
+    if budget is not None and budget.state_url is not None:
+        check_reachable(budget.state_url)
     fastapi_app = create_app(settings)
     _check_port_free(host, port)
     names = ", ".join(f"router-{name}" for name in fastapi_app.state.prefroute.table.routers)

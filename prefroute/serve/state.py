@@ -299,3 +299,19 @@ def _finite(value: Any) -> float:
 def make_state(state_url: str | None, *, prefix: str = "prefroute") -> ControllerState:
     """Redis state for a URL, in-process state for None."""
     return LocalState() if state_url is None else RedisState(state_url, prefix=prefix)
+
+
+def check_reachable(state_url: str) -> None:
+    """ConfigError unless a Redis server answers at ``state_url`` (checked before serving)."""
+    import redis
+
+    client = redis.Redis.from_url(check_state_url(state_url), socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise ConfigError(
+            f"cannot use the controller state at {redact(state_url)}: {type(e).__name__}: "
+            f"{redact(str(e))}"
+        ) from None
+    finally:
+        client.close()
