@@ -451,3 +451,11 @@ def test_cli_refuses_an_unreachable_state_url_with_one_line(mf_dir):
             target_strong_rate=None, window=10, budget_per_hour=None, prices=(0, 0, 0, 0),
             state_url=url,
         )  # fmt: skip
+
+
+def test_sorted_quantile_matches_numpy():
+    from prefroute.serve.budget import _sorted_quantile
+
+    values = np.sort(np.random.default_rng(1).uniform(size=37))
+    for level in (0.0, 0.3, 0.7, 0.999, 1.0):
+        assert _sorted_quantile(values, level) == pytest.approx(np.quantile(values, level))

@@ -162,6 +162,14 @@ def budget_share(
     return float(np.clip((per_request - cost_weak) / (cost_strong - cost_weak), 0.0, 1.0))
 
 
+def _sorted_quantile(ascending: np.ndarray, level: float) -> float:
+    """``np.quantile(x, level)`` (linear) of an already sorted array, without sorting again."""
+    position = level * (len(ascending) - 1)
+    low = int(position)
+    high = min(low + 1, len(ascending) - 1)
+    return float(ascending[low] + (ascending[high] - ascending[low]) * (position - low))
+
+
 @dataclass
 class _RouterTrack:
     """What one replica caches about one router's window."""
@@ -223,10 +231,9 @@ class BudgetController:
         need = self.settings.quantile_window
         if self.settings.budget_per_hour is not None:
             need = self.settings.window  # the request rate is measured over the whole window
-        recent = await self.state.recent(router, need)
+        recent, track.stats = await self.state.recent_with_stats(router, need)
         track.recent = np.sort(recent.scores[-self.settings.quantile_window :])
         track.times = recent.times
-        track.stats = await self.state.window_stats(router)
         track.since_refresh = 0
         if self.settings.budget_per_hour is not None:
             self._totals = await self.state.spend_totals()
@@ -255,7 +262,7 @@ class BudgetController:
         scores = track.recent
         if len(scores) == 0:
             return track.calibrated
-        quantile = float(np.quantile(scores, 1.0 - aim, method="linear"))
+        quantile = _sorted_quantile(scores, 1.0 - aim)
         weight = min(1.0, len(scores) / self.settings.quantile_window)
         return float(np.clip(weight * quantile + (1 - weight) * track.calibrated, 0.0, 1.0))
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,6 +81,10 @@ class ControllerState:
         """The last ``count`` entries of ``router``'s window."""
         raise NotImplementedError
 
+    async def recent_with_stats(self, router: str, count: int) -> tuple[RecentScores, WindowStats]:
+        """``recent`` and ``window_stats`` together (one round trip where the store is remote)."""
+        return await self.recent(router, count), await self.window_stats(router)
+
     async def add_spend(self, side: str, usd: float | None) -> None:
         """Record one response of ``side``: its price, or None when it carried no usage."""
         raise NotImplementedError
@@ -121,7 +126,8 @@ class LocalState(ControllerState):
 
     async def recent(self, router: str, count: int) -> RecentScores:
         with self._lock:
-            entries = list(self._windows.get(router, ()))[-count:] if count > 0 else []
+            newest_first = islice(reversed(self._windows.get(router, ())), max(count, 0))
+            entries = list(newest_first)[::-1]
         return RecentScores(
             np.array([e[0] for e in entries], dtype=np.float64),
             np.array([e[2] for e in entries], dtype=np.float64),
@@ -246,10 +252,19 @@ class RedisState(ControllerState):
         return WindowStats(int(size), int(count or 0))
 
     async def recent(self, router: str, count: int) -> RecentScores:
-        if count <= 0:
-            return RecentScores(np.empty(0), np.empty(0))
+        return (await self.recent_with_stats(router, count))[0]
+
+    async def recent_with_stats(self, router: str, count: int) -> tuple[RecentScores, WindowStats]:
         key = self._key("window", router)
-        entries = await self.client.lrange(key, -count, -1)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, -max(count, 1), -1)
+            pipe.llen(key)
+            pipe.get(self._key("window_strong", router))
+            entries, size, strong = await pipe.execute()
+        entries = entries if count > 0 else []
+        return self._parse(key, entries), WindowStats(int(size), int(strong or 0))
+
+    def _parse(self, key: str, entries: list[str]) -> RecentScores:
         scores = np.empty(len(entries))
         times = np.empty(len(entries))
         for i, entry in enumerate(entries):
