@@ -167,6 +167,20 @@ def controller_overhead(redis_url: str, scores: np.ndarray) -> dict[str, float]:
             return elapsed / len(scores) * 1e6
 
         out[name] = asyncio.run(go())
+
+    async def ping() -> float:  # the floor of any shared state: one round trip to Redis
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url)
+        await client.ping()
+        started = time.perf_counter()
+        for _ in range(len(scores)):
+            await client.ping()
+        elapsed = time.perf_counter() - started
+        await client.aclose()
+        return elapsed / len(scores) * 1e6
+
+    out["one Redis PING round trip, for reference"] = asyncio.run(ping())
     return out
 
 
@@ -306,7 +320,8 @@ def print_overhead(checkpoint: Path, prompts: list[str], tmp: str, seed: int) ->
     print("|---|---:|---:|")
     print(f"| mf router scores one prompt (every request pays this) | {single:.1f} | 1.00 |")
     for name, micros in overhead.items():
-        print(f"| controller, {name} (threshold + record) | {micros:.1f} | {micros / single:.2f} |")
+        what = name if name.startswith("one Redis") else f"controller, {name} (threshold + record)"
+        print(f"| {what} | {micros:.1f} | {micros / single:.2f} |")
 
 
 def main() -> None:

@@ -235,8 +235,9 @@ class BudgetController:
         track.recent = np.sort(recent.scores[-self.settings.quantile_window :])
         track.times = recent.times
         track.since_refresh = 0
-        if self.settings.budget_per_hour is not None:
+        if self.settings.prices is not None:  # spend is shown whenever it is priced
             self._totals = await self.state.spend_totals()
+        if self.settings.budget_per_hour is not None:
             self._target = self._combined_target(track)
 
     def _combined_target(self, track: _RouterTrack) -> float | None:
