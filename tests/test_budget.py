@@ -459,3 +459,29 @@ def test_sorted_quantile_matches_numpy():
     values = np.sort(np.random.default_rng(1).uniform(size=37))
     for level in (0.0, 0.3, 0.7, 0.999, 1.0):
         assert _sorted_quantile(values, level) == pytest.approx(np.quantile(values, level))
+
+
+def test_two_redis_controllers_interleaved_see_one_window(mf_router, drift_scores, redis_url):
+    """Two replicas' controllers taking turns give the thresholds of one in-process controller."""
+    scores = np.concatenate([drift_scores[0][:120], drift_scores[1][:120]])
+    settings = BudgetSettings(target_strong_rate=RATE, window=60, refresh_every=1)
+    calibrated = {"mf": mf_router.threshold}
+
+    async def go() -> tuple[list[float], list[float]]:
+        local = BudgetController(settings, calibrated, LocalState())
+        replicas = [
+            BudgetController(settings, calibrated, RedisState(redis_url, prefix="pair"))
+            for _ in range(2)
+        ]
+        alone, shared = [], []
+        for i, p in enumerate(scores):
+            for controller, out in ((local, alone), (replicas[i % 2], shared)):
+                t = await controller.threshold("mf")
+                await controller.record("mf", float(p), bool(p >= t))
+                out.append(t)
+        for controller in replicas:
+            await controller.aclose()
+        return alone, shared
+
+    alone, shared = asyncio.run(go())
+    np.testing.assert_allclose(shared, alone, rtol=0, atol=1e-12)

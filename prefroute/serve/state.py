@@ -147,10 +147,12 @@ class LocalState(ControllerState):
 
 
 # Redis ------------------------------------------------------------------------------------
-# KEYS[1] window list, KEYS[2] strong count; ARGV: entry, is_strong (0/1), window size.
-# Entries are "score|flag|time"; the flag is the character after the first "|".
+# KEYS[1] window list, KEYS[2] strong count, KEYS[3] how many entries were ever pushed;
+# ARGV: entry, is_strong (0/1), window size. Entries are "score|flag|time"; the flag is the
+# character after the first "|".
 _PUSH = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
 local strong = tonumber(ARGV[2])
 if strong == 1 then redis.call('INCR', KEYS[2]) end
 local limit = tonumber(ARGV[3])
@@ -162,6 +164,21 @@ while size > limit do
   size = size - 1
 end
 return {size, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+# KEYS[1] window list, KEYS[2] strong count, KEYS[3] pushed count; ARGV: the pushed count at
+# the caller's last read, how many entries it keeps. Returns the pushed count, only the entries
+# pushed since (at most ARGV[2]; all of them when the count went back, e.g. after a flush),
+# and the window's size and strong count.
+_READ_NEW = """
+local pushed = tonumber(redis.call('GET', KEYS[3]) or '0')
+local want = tonumber(ARGV[2])
+local new = pushed - tonumber(ARGV[1])
+if new < 0 or new > want then new = want end
+local entries = {}
+if new > 0 then entries = redis.call('LRANGE', KEYS[1], -new, -1) end
+local size = redis.call('LLEN', KEYS[1])
+return {pushed, entries, size, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
 
 # KEYS[1] spend hash, KEYS[2] started; ARGV: side, usd ('' when unpriced), now.
@@ -203,6 +220,9 @@ class RedisState(ControllerState):
         self._client: Any = None
         self._push: Any = None
         self._spend_script: Any = None
+        self._read_new: Any = None
+        # per router: the pushed count at the last read and the newest entries seen since
+        self._seen: dict[str, tuple[int, deque[tuple[float, float]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _key(self, *parts: str) -> str:
@@ -217,6 +237,7 @@ class RedisState(ControllerState):
             self._client = aioredis.from_url(self.url, decode_responses=True)
             self._push = self._client.register_script(_PUSH)
             self._spend_script = self._client.register_script(_SPEND)
+            self._read_new = self._client.register_script(_READ_NEW)
             self._loop = loop
         return self._client
 
@@ -238,7 +259,11 @@ class RedisState(ControllerState):
         client = self.client
         entry = f"{float(score)!r}|{int(strong)}|{float(now)!r}"
         size, count = await self._push(
-            keys=[self._key("window", router), self._key("window_strong", router)],
+            keys=[
+                self._key("window", router),
+                self._key("window_strong", router),
+                self._key("pushed", router),
+            ],
             args=[entry, int(strong), int(window)],
             client=client,
         )
@@ -255,14 +280,23 @@ class RedisState(ControllerState):
         return (await self.recent_with_stats(router, count))[0]
 
     async def recent_with_stats(self, router: str, count: int) -> tuple[RecentScores, WindowStats]:
-        key = self._key("window", router)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.lrange(key, -max(count, 1), -1)
-            pipe.llen(key)
-            pipe.get(self._key("window_strong", router))
-            entries, size, strong = await pipe.execute()
-        entries = entries if count > 0 else []
-        return self._parse(key, entries), WindowStats(int(size), int(strong or 0))
+        """Reads only the entries pushed since this replica's last read (one round trip)."""
+        client = self.client
+        last, kept = self._seen.get(router, (0, deque()))
+        if kept.maxlen != count:  # a different count: read afresh
+            last, kept = -1, deque(maxlen=max(count, 0))
+        keys = [self._key(k, router) for k in ("window", "window_strong", "pushed")]
+        pushed, entries, size, strong = await self._read_new(
+            keys=keys, args=[last, max(count, 0)], client=client
+        )
+        if int(pushed) < last or last < 0:
+            kept.clear()
+        new = self._parse(keys[0], entries)
+        kept.extend(zip(new.scores.tolist(), new.times.tolist(), strict=True))
+        self._seen[router] = (int(pushed), kept)
+        scores = np.fromiter((e[0] for e in kept), dtype=np.float64, count=len(kept))
+        times = np.fromiter((e[1] for e in kept), dtype=np.float64, count=len(kept))
+        return RecentScores(scores, times), WindowStats(int(size), int(strong))
 
     def _parse(self, key: str, entries: list[str]) -> RecentScores:
         scores = np.empty(len(entries))
