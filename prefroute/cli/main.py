@@ -13,6 +13,7 @@ from prefroute.cli.benchmark import benchmark
 from prefroute.cli.calibrate import calibrate
 from prefroute.cli.common import setup_logging
 from prefroute.cli.evaluate import evaluate
+from prefroute.cli.import_routellm import import_routellm
 from prefroute.cli.multi import app as multi_app
 from prefroute.cli.score import score
 from prefroute.cli.serve import serve
@@ -44,6 +45,7 @@ app.command()(calibrate)
 app.command(name="eval")(evaluate)
 app.command()(benchmark)
 app.command()(serve)
+app.command(name="import-routellm")(import_routellm)
 app.add_typer(multi_app, name="multi", help="Route among N LLMs: train and evaluate.")
 app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")
 

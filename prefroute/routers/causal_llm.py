@@ -24,7 +24,14 @@ import numpy as np
 from prefroute.errors import CheckpointError, ConfigError
 from prefroute.routers.backbones import BUNDLED_SMOLLM2
 from prefroute.routers.base import register_router
-from prefroute.routers.neural_common import LABELS, NeuralWinPredictor, quiet_transformers
+from prefroute.routers.neural_common import (
+    LABELS,
+    STRONG,
+    TIE,
+    WEAK,
+    NeuralWinPredictor,
+    quiet_transformers,
+)
 
 PROMPT_SLOT = "{prompt}"
 DEFAULT_INSTRUCTION = (
@@ -35,6 +42,7 @@ DEFAULT_INSTRUCTION = (
 PLAIN_ANSWER_CUE = "\nAnswer:"
 _SENTINEL = "\u0000PREFROUTE_PROMPT\u0000"
 MIN_QUERY_TOKENS = 16
+_NO_CLASS = -1e30  # log-space value of a class with no label word
 
 
 @register_router
@@ -59,6 +67,11 @@ class CausalLLMRouter(NeuralWinPredictor):
         token of the assistant's reply; else plain text: instruction, request, "\\nAnswer:".
     label_words: the three answer strings for (strong wins, tie, weak wins), each one token
         (None: "A", "B", "C" after a chat template, " A", " B", " C" after "Answer:").
+    label_classes: with more than three label words (e.g. a RouteLLM causal router's
+        ``[[1]]`` ... ``[[5]]`` scores), the class of each word: 0 strong wins, 1 tie,
+        2 weak wins. A class's probability is the sum over its words of the next-token
+        distribution renormalised over all label words; a class with no word gets 0.
+        None: ``label_words`` are the three classes in order.
     lora_r: LoRA rank (default 8; 0 = full fine-tuning); ``lora_alpha``, ``lora_dropout``,
         ``merge_adapter``.
     lora_target_modules: module names for LoRA; default ``"all-linear"`` (every linear
@@ -83,6 +96,7 @@ class CausalLLMRouter(NeuralWinPredictor):
         prompt_template: str = PROMPT_SLOT,
         use_chat_template: bool = True,
         label_words: list[str] | None = None,
+        label_classes: list[int] | None = None,
         lr: float = 2e-4,
         lora_r: int = 8,
         lora_alpha: float = 16.0,
@@ -98,6 +112,7 @@ class CausalLLMRouter(NeuralWinPredictor):
         self.prompt_template = prompt_template
         self.use_chat_template = use_chat_template
         self.label_words = list(label_words) if label_words is not None else None
+        self.label_classes = list(label_classes) if label_classes is not None else None
 
     # model ----------------------------------------------------------------------------
     def _build(self, location: str) -> tuple[Any, Any]:
@@ -113,15 +128,7 @@ class CausalLLMRouter(NeuralWinPredictor):
                 "The 'instruction' parameter of CausalLLMRouter must be a non-empty string or "
                 f"None. Got {self.instruction!r} instead."
             )
-        if self.label_words is not None and (
-            len(self.label_words) != len(LABELS)
-            or not all(isinstance(w, str) and w for w in self.label_words)
-            or len(set(self.label_words)) != len(LABELS)
-        ):
-            raise ConfigError(
-                "The 'label_words' parameter of CausalLLMRouter must be three distinct "
-                f"non-empty strings. Got {self.label_words!r} instead."
-            )
+        self._check_labels()
         tokenizer = self._load_tokenizer(location)
         chat = self.use_chat_template and getattr(tokenizer, "chat_template", None)
         user = template.replace(PROMPT_SLOT, _SENTINEL)
@@ -143,6 +150,29 @@ class CausalLLMRouter(NeuralWinPredictor):
         self.tokenizer_ = tokenizer
         self._prepare()  # checks max_length against the instruction before loading weights
         return self._load_model(location), tokenizer
+
+    def _check_labels(self) -> None:
+        words, classes = self.label_words, self.label_classes
+        n_words = len(LABELS) if classes is None else len(classes)
+        if words is not None and (
+            len(words) != n_words
+            or not all(isinstance(w, str) and w for w in words)
+            or len(set(words)) != n_words
+        ):
+            raise ConfigError(
+                f"The 'label_words' parameter of CausalLLMRouter must be {n_words} distinct "
+                f"non-empty strings (one per label class). Got {words!r} instead."
+            )
+        if classes is None:
+            return
+        if words is None or not all(c in (STRONG, TIE, WEAK) for c in classes) or not (
+            STRONG in classes and WEAK in classes
+        ):
+            raise ConfigError(
+                "The 'label_classes' parameter of CausalLLMRouter must give each of "
+                "'label_words' a class 0 (strong wins), 1 (tie) or 2 (weak wins), with at "
+                f"least one word for 0 and one for 2. Got {classes!r} for {words!r} instead."
+            )
 
     @staticmethod
     def _single_token(tokenizer: Any, word: str) -> int:
@@ -205,7 +235,23 @@ class CausalLLMRouter(NeuralWinPredictor):
         out = model(**batch, logits_to_keep=1, use_cache=False)
         logits = out.logits[:, -1, :].float()
         ids = torch.as_tensor(self.label_token_ids_, device=logits.device)
-        return torch.log_softmax(logits, dim=-1)[:, ids], logits[:, ids]
+        logprobs, label_logits = torch.log_softmax(logits, dim=-1)[:, ids], logits[:, ids]
+        if self.label_classes is None:
+            return logprobs, label_logits
+        return self._grouped(logprobs), self._grouped(label_logits)
+
+    def _grouped(self, values: Any) -> Any:
+        """[B, n words] log-space values -> [B, 3] per class (logsumexp over its words)."""
+        import torch
+
+        columns = []
+        for cls in (STRONG, TIE, WEAK):
+            members = [i for i, c in enumerate(self.label_classes) if c == cls]
+            if members:
+                columns.append(torch.logsumexp(values[:, members], dim=-1))
+            else:  # finite, so a zero target times it stays 0 in the loss
+                columns.append(torch.full_like(values[:, 0], _NO_CLASS))
+        return torch.stack(columns, dim=-1)
 
     # checkpoints ----------------------------------------------------------------------
     def _extra_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -227,6 +273,12 @@ class CausalLLMRouter(NeuralWinPredictor):
         self.prompt_prefix_ = extra["prompt_prefix"]
         self.prompt_suffix_ = extra["prompt_suffix"]
         self.label_words_ = list(extra["label_words"])
+        n_words = len(LABELS) if self.label_classes is None else len(self.label_classes)
+        if len(self.label_words_) != n_words:
+            raise CheckpointError(
+                f"causal_llm checkpoint state has {len(self.label_words_)} label words, the "
+                f"parameters call for {n_words} (label_classes {self.label_classes})"
+            )
         self.label_token_ids_ = [int(i) for i in tensors["label_token_ids"]]
         found = [self._single_token(self.tokenizer_, w) for w in self.label_words_]
         if found != self.label_token_ids_:

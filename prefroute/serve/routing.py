@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefroute._logging import logger
+from prefroute.compat.names import routellm_model_alias
 from prefroute.errors import ConfigError
 from prefroute.router import Router, load_router
 from prefroute.serve.errors import InvalidRequestError
@@ -115,6 +116,7 @@ class RouterTable:
 
     def resolve(self, model: Any) -> ResolvedModel:
         """The router and threshold of a ``model`` field; InvalidRequestError if there is none."""
+        model = routellm_model_alias(model, self.routers)  # router-sw_ranking-0.1 -> sw_bt
         if not isinstance(model, str) or not model:
             raise InvalidRequestError(
                 f"'model' must be a string like {self._examples()}",
