@@ -72,6 +72,10 @@ def evaluate(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     typer.echo(result.to_markdown())
+    typer.echo(
+        "CPT: the first crossing on the curve over every strong-call rate, not RouteLLM's "
+        "interpolation between its 11 decile points (that one is 'cpt_routellm' in --json)"
+    )
     dropped = ", ".join(f"{k}: {v}" for k, v in result.dropped.items() if v)
     typer.echo(
         f"\n{result.n_prompts} prompts evaluated" + (f" (dropped {dropped})" if dropped else "")

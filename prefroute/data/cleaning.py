@@ -1,4 +1,11 @@
-"""Cleaning as RouteLLM does it: short prompts out, duplicates out, each step counted."""
+"""Cleaning in RouteLLM's manner: short prompts out, duplicates out, each step counted.
+
+One difference: RouteLLM drops battles whose stripped first turn has fewer than 16
+characters; prefroute's default minimum is 8 (short requests such as "Define GDP" or
+"Fix: x=+1" are real traffic a router must score). Pass ``min_chars=16`` /
+``min_prompt_chars=16`` to clean exactly as RouteLLM does; both count characters after
+stripping leading and trailing whitespace.
+"""
 
 from __future__ import annotations
 
