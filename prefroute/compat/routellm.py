@@ -137,6 +137,12 @@ def load_compat_router(
     local = Path(str(source)).expanduser()
     if local.is_dir() and _looks_like_prefroute(local):
         router = load_router(local)
+    elif router_type in ("sw_bt", "random"):
+        raise ConfigError(
+            f"config[{name!r}]: {source} is not a prefroute checkpoint, and RouteLLM's {name!r} "
+            f"router has no checkpoint to convert; train one with 'prefroute train --router "
+            f"{router_type}'"
+        )
     elif local.is_dir() or is_hub_name(source):
         options = {k: settings[k] for k in _CONVERTER_KEYS & set(settings or {})} \
             if isinstance(settings, Mapping) else {}
