@@ -36,6 +36,7 @@ from tests.embedding_server import EmbeddingServer  # noqa: E402
 from tests.upstream_server import ServerThread  # noqa: E402
 
 TOL = 1e-6
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # routellm's pydantic v1
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,13 @@ def test_bert_conversion_gives_routellm_win_rates(routellm_bert, prompts, tmp_pa
     np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
     # padded batches change float32 summation order only
     np.testing.assert_allclose(batched, theirs, atol=1e-5, rtol=0)
+    # the compat Controller converts a RouteLLM folder named in its config on load
+    from prefroute.compat.routellm import Controller
+
+    client = Controller(["bert"], "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1",
+                        config={"bert": {"checkpoint_path": str(routellm_bert)}})
+    np.testing.assert_allclose(client.batch_calculate_win_rate(prompts[:20], "bert"), theirs,
+                               atol=1e-5, rtol=0)
 
 
 # causal_llm ---------------------------------------------------------------------------
