@@ -36,6 +36,10 @@ import numpy as np
 from prefroute._logging import logger
 from prefroute.errors import CheckpointError, ConfigError, check_choice
 from prefroute.router import Router
+from prefroute.routers.neural_common import HF_MODEL_DIR
+
+# A converted neural router is saved whole under the checkpoint's HF_MODEL_DIR, which is then
+# its own base model ("backbone"): a folder inside the checkpoint, as the trust policy requires.
 
 KINDS = ("auto", "mf", "bert", "causal_llm")
 ROUTELLM_STRONG = "gpt-4-1106-preview"
@@ -318,7 +322,7 @@ def convert_bert(
     tok = _load_tokenizer(folder, tokenizer)
     name = source_name or folder.name
     predictor = BertRouter(
-        strong_model=strong_model, weak_model=weak_model, backbone=f"routellm:{name}",
+        strong_model=strong_model, weak_model=weak_model, backbone=HF_MODEL_DIR,
         max_length=_max_length(model, tok, 512), tie_credit=0.0, device="cpu",
     )
     info = {"converted_from": "routellm", "source": name, "kind": "bert"}
@@ -424,7 +428,7 @@ def convert_causal_llm(
     classes = [STRONG if i + 1 < score_threshold else WEAK for i in range(len(special_tokens))]
     name = source_name or folder.name
     predictor = CausalLLMRouter(
-        strong_model=strong_model, weak_model=weak_model, backbone=f"routellm:{name}",
+        strong_model=strong_model, weak_model=weak_model, backbone=HF_MODEL_DIR,
         max_length=_max_length(model, tok, 8192), use_chat_template=False,
         label_words=list(special_tokens), label_classes=classes, tie_credit=0.0, lora_r=0,
         device="cpu",
