@@ -101,6 +101,11 @@ class Calibration:
     n_prompts: int
     cost_per_1k_requests: float | None = None
     budget: dict = field(default_factory=dict)
+    # element k: the threshold that sends k% of the calibration prompts to the strong model,
+    # so a request can name a rate (router-mf@30) instead of a raw threshold
+    rate_thresholds: list[float] = field(default_factory=list)
+    # lowest and highest win probability seen on the calibration prompts
+    score_range: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,9 +113,43 @@ class Calibration:
 
 def calibrate_strong_rate(strong_win_prob: np.ndarray, strong_rate: float) -> Calibration:
     """Threshold for a target strong-model call rate, with the realised rate."""
-    p = np.asarray(strong_win_prob, dtype=np.float64)
+    p = _checked_probs(strong_win_prob)
     t = threshold_for_strong_rate(p, strong_rate)
-    return Calibration(t, "strong_rate", strong_rate, float((p >= t).mean()), len(p))
+    return Calibration(
+        t,
+        "strong_rate",
+        strong_rate,
+        float((p >= t).mean()),
+        len(p),
+        rate_thresholds=rate_thresholds(p),
+        score_range=[float(p.min()), float(p.max())],
+    )
+
+
+def rate_thresholds(strong_win_prob: np.ndarray, steps: int = 100) -> list[float]:
+    """Thresholds for strong-call rates 0, 1/steps, ..., 1 on these probabilities."""
+    p = _checked_probs(strong_win_prob)
+    return [threshold_for_strong_rate(p, k / steps) for k in range(steps + 1)]
+
+
+def threshold_at_rate(calibration: dict | None, percent: float) -> float:
+    """The threshold that sends ``percent`` % of the calibration prompts to the strong model.
+
+    Between whole percents the threshold is interpolated linearly. Raises ConfigError when
+    the calibration holds no rate table (calibrated before prefroute stored one).
+    """
+    check_range("percent", "threshold_at_rate", percent, low=0.0, high=100.0)
+    table = (calibration or {}).get("rate_thresholds") or []
+    if len(table) < 2 or not all(isinstance(t, (int, float)) for t in table):
+        raise ConfigError(
+            "this router's calibration stores no strong-call-rate table; recalibrate it "
+            "(prefroute calibrate CHECKPOINT --prompts FILE --strong-rate 0.3) to use rate names"
+        )
+    position = percent / 100.0 * (len(table) - 1)
+    low = int(np.floor(position))
+    high = min(low + 1, len(table) - 1)
+    fraction = position - low
+    return float(table[low] + (table[high] - table[low]) * fraction)
 
 
 def calibrate_budget(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import numbers
 
 
 class PrefrouteError(Exception):
@@ -59,7 +59,7 @@ def check_int(
     """Raise ConfigError unless ``value`` is an int >= ``low`` (or None, when ``optional``)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         none = " or None" if optional else ""
         raise ConfigError(
             f"The '{name}' parameter of {owner} must be an int >= {low}{none}. "

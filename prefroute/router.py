@@ -61,6 +61,10 @@ class Router:
         probs = self.strong_win_prob(prompts)
         return [self.strong_model if p >= t else self.weak_model for p in probs]
 
+    def warm_up(self) -> None:
+        """Build everything scoring builds lazily (embedder, tokenizer, index) now."""
+        self.strong_win_prob(["Warm-up prompt: is the router ready?"])
+
     def calibrate(self, prompts: Sequence[str], strong_rate: float) -> Calibration:
         """Set the threshold for a strong-call rate on ``prompts``; returns the calibration."""
         cal = calibrate_strong_rate(self.strong_win_prob(prompts), strong_rate)
@@ -118,12 +122,18 @@ class Router:
         )
 
 
-def load_router(directory: str | Path, **load_options: Any) -> Router:
+def load_router(directory: str | Path, *, warm_up: bool = True, **load_options: Any) -> Router:
     """Load any saved router (the config's type picks the predictor class).
 
-    ``load_options``: see ``prefroute.checkpoint_policy.LoadOptions``.
+    ``load_options``: see ``prefroute.checkpoint_policy.LoadOptions``. With ``warm_up`` (the
+    default) it scores one prompt before returning, so the embedder's model, tokenizer tables
+    and any index are built during loading rather than on the first ``route()`` call
+    (seconds for wordllama, which builds them lazily).
     """
-    return Router.from_pretrained(directory, **load_options)
+    router = Router.from_pretrained(directory, **load_options)
+    if warm_up:
+        router.warm_up()
+    return router
 
 
 def make_router(name: str, *, strong_model: str, weak_model: str, **params: Any) -> WinPredictor:

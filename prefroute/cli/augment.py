@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from data_aug.costs import PriceTable
-from data_aug.endpoints import EndpointConfig, RetryPolicy
-from data_aug.golden import golden_from_answers, golden_from_table
-from data_aug.items import PromptItem, prompt_id, read_outputs, read_prompts
-from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
 from prefroute._logging import logger
-from prefroute.cli.common import resolve_data_dir
-from prefroute.data.outcomes import load_outcomes
+from prefroute.cli.common import renamed_option, resolve_data_dir
 from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
 from prefroute.io import check_output_file
+
+if TYPE_CHECKING:  # data_aug pulls in openai: imported inside the commands (fast --help)
+    from data_aug.endpoints import EndpointConfig
+    from data_aug.items import PromptItem
 
 app = typer.Typer(
     help="Make training battles: golden labels from known answers, or judge labels from an "
@@ -40,8 +39,12 @@ def _parse_where(where: list[str]) -> dict[str, list[str]]:
 def golden(
     out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out file"),
-    strong: str = typer.Option(..., "--strong", help="strong model (model_a) as named in the data"),
-    weak: str = typer.Option(..., "--weak", help="weak model (model_b) as named in the data"),
+    strong_model: str | None = typer.Option(
+        None, "--strong-model", help="strong model (model_a) as named in the data [required]"
+    ),
+    weak_model: str | None = typer.Option(
+        None, "--weak-model", help="weak model (model_b) as named in the data [required]"
+    ),
     table: str | None = typer.Option(
         None,
         "--table",
@@ -80,13 +83,20 @@ def golden(
         "--where",
         help="keep items whose per-item field has this value, e.g. category=math (repeat)",
     ),
+    old_strong: str | None = typer.Option(None, "--strong", hidden=True),
+    old_weak: str | None = typer.Option(None, "--weak", hidden=True),
 ) -> None:
     """Golden-label battles: strong right & weak wrong -> strong wins, and so on.
 
-    Example: prefroute augment golden --table mmlu_pro --strong gpt-4o-2024-05-13
-    --weak Mixtral-8x7B-Instruct-v0.1 --rename-strong gpt-4-1106-preview
-    --rename-weak mixtral-8x7b-instruct-v0.1 --ties drop --out golden_mmlu_pro.jsonl
+    Example: prefroute augment golden --table mmlu_pro --strong-model gpt-4o-2024-05-13
+    --weak-model Mixtral-8x7B-Instruct-v0.1 --rename-strong gpt-4-1106-preview
+    --rename-weak mixtral-8x7b-instruct-v0.1 --ties drop --out runs/golden_mmlu_pro.jsonl
     """
+    from data_aug.golden import golden_from_answers, golden_from_table
+    from prefroute.data.outcomes import load_outcomes
+
+    strong = renamed_option(strong_model, old_strong, "--strong-model", "--strong", required=True)
+    weak = renamed_option(weak_model, old_weak, "--weak-model", "--weak", required=True)
     if (table is None) == (answers is None):
         raise ConfigError(
             "give exactly one of --table (stored correctness) or --answers (raw answers)"
@@ -150,12 +160,9 @@ def _endpoint(
     timeout: float,
     role: str,
 ) -> EndpointConfig | None:
+    from data_aug.endpoints import EndpointConfig
+
     if base_url is None:
-        if model is not None:
-            raise ConfigError(
-                f"--{role}-model needs --{role}-base-url (or use --outputs with "
-                f"--{role}-name for stored answers)"
-            )
         return None
     if model is None:
         raise ConfigError(f"--{role}-base-url needs --{role}-model")
@@ -172,6 +179,8 @@ def _endpoint(
 def _stored(
     outputs: dict[str, dict[str, str]], items: list[PromptItem], model: str, file: Path
 ) -> dict[str, str]:
+    from data_aug.items import prompt_id
+
     if model not in outputs:
         raise DataError(
             f"model {model!r} has no outputs; the file has {sorted(outputs)}",
@@ -213,10 +222,18 @@ def judge(
         "(and optional 'prompt_id'); default: the prompts of --outputs",
     ),
     prompt_field: str = typer.Option("prompt", "--prompt-field"),
-    strong_model: str | None = typer.Option(None, "--strong-model", help="generate strong answers"),
+    strong_model: str | None = typer.Option(
+        None,
+        "--strong-model",
+        help="strong model: generated at --strong-base-url, else its answers in --outputs",
+    ),
     strong_base_url: str | None = typer.Option(None, "--strong-base-url"),
     strong_api_key_env: str | None = typer.Option(None, "--strong-api-key-env"),
-    weak_model: str | None = typer.Option(None, "--weak-model", help="generate weak answers"),
+    weak_model: str | None = typer.Option(
+        None,
+        "--weak-model",
+        help="weak model: generated at --weak-base-url, else its answers in --outputs",
+    ),
     weak_base_url: str | None = typer.Option(None, "--weak-base-url"),
     weak_api_key_env: str | None = typer.Option(None, "--weak-api-key-env"),
     max_tokens: int = typer.Option(
@@ -230,8 +247,8 @@ def judge(
         "--outputs",
         help="stored answers {prompt_id, prompt, model, output} (AlpacaEval layout)",
     ),
-    strong_name: str | None = typer.Option(None, "--strong-name", help="strong model in --outputs"),
-    weak_name: str | None = typer.Option(None, "--weak-name", help="weak model in --outputs"),
+    old_strong_name: str | None = typer.Option(None, "--strong-name", hidden=True),
+    old_weak_name: str | None = typer.Option(None, "--weak-name", hidden=True),
     rename_strong: str | None = typer.Option(
         None, "--rename-strong", help="strong model's name in the battles"
     ),
@@ -274,12 +291,13 @@ def judge(
 ) -> None:
     """Judge-labelled battles: a judge compares strong vs weak answers, in both orders.
 
-    Each side's answers come from an endpoint (--strong-model/--strong-base-url) or stored
-    outputs (--outputs with --strong-name). Interrupted runs resume from --journal without
-    paying twice. Example: prefroute augment judge --outputs outputs.jsonl
-    --strong-name gpt4_1106_preview --weak-name Mixtral-8x7B-Instruct-v0.1_concise
-    --judge-model gpt-4o --judge-base-url https://api.openai.com/v1
-    --judge-api-key-env OPENAI_API_KEY --price gpt-4o=2.5:10 --max-cost 5 --out judged.jsonl
+    Each side's answers come from an endpoint (--strong-model with --strong-base-url) or
+    stored outputs (--outputs with --strong-model naming a model in it). Interrupted runs
+    resume from --journal without paying twice. Example: prefroute augment judge
+    --outputs outputs.jsonl --strong-model gpt4_1106_preview
+    --weak-model Mixtral-8x7B-Instruct-v0.1_concise --judge-model gpt-4o
+    --judge-base-url https://api.openai.com/v1 --judge-api-key-env OPENAI_API_KEY
+    --price gpt-4o=2.5:10 --max-cost 5 --out runs/judged.jsonl
 
     Verdict format: the judge sees the prompt and two answers (A, B; each prompt is judged
     in both orders) and must end its reply with exactly one of [[A]] (A is better), [[B]]
@@ -291,6 +309,16 @@ def judge(
     journaled like a 5xx. An item that still fails is recorded and the run goes on; a run
     in which every item failed exits with code 2 and a summary of the reasons.
     """
+    from data_aug.costs import PriceTable
+    from data_aug.endpoints import EndpointConfig, RetryPolicy
+    from data_aug.items import read_outputs, read_prompts
+    from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
+
+    strong_model = renamed_option(strong_model, old_strong_name, "--strong-model", "--strong-name")
+    weak_model = renamed_option(weak_model, old_weak_name, "--weak-model", "--weak-name")
+    # without a base URL, the model names the side's answers in --outputs
+    strong_name = strong_model if strong_base_url is None else None
+    weak_name = weak_model if weak_base_url is None else None
     check_int("--limit", "prefroute augment judge", limit, optional=True)
     check_int("--concurrency", "prefroute augment judge", concurrency)
     check_int("--max-attempts", "prefroute augment judge", max_attempts)
@@ -325,8 +353,8 @@ def judge(
         output_items, stored = read_outputs(outputs)
     elif strong_ep is None or weak_ep is None:
         raise ConfigError(
-            "each side needs answers: --strong-model/--strong-base-url or --outputs "
-            "with --strong-name (same for weak)"
+            "each side needs answers: --strong-model with --strong-base-url, or --outputs "
+            "with --strong-model naming a model in it (same for weak)"
         )
     if prompts is not None:
         items = read_prompts(prompts, prompt_field=prompt_field)
@@ -341,17 +369,12 @@ def judge(
         ("weak", weak_ep, weak_name, rename_weak),
     ):
         if ep is not None:
-            if stored_name is not None:
-                raise ConfigError(
-                    f"--{role}-name is for stored outputs; --{role}-model already "
-                    "generates this side"
-                )
             sides.append(Side(rename or ep.model, endpoint=ep))
         else:
             if outputs is None or stored_name is None:
                 raise ConfigError(
-                    f"the {role} side needs --{role}-model/--{role}-base-url or "
-                    f"--outputs with --{role}-name"
+                    f"the {role} side needs --{role}-model with --{role}-base-url (generate "
+                    f"answers) or with --outputs (stored answers)"
                 )
             sides.append(
                 Side(rename or stored_name, outputs=_stored(stored, items, stored_name, outputs))

@@ -6,22 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from prefroute.cli.common import resolve_data_dir
-from prefroute.data.outcomes import load_outcomes
 from prefroute.errors import check_int
-from prefroute.evaluate import (
-    evaluate_router,
-    plot_routing_curves,
-    prepare_eval_set,
-    results_markdown,
-)
-from prefroute.evaluate.protocols import TRANSFER_BENCHMARKS, transfer_training_battles
 from prefroute.io import atomic_write_text, staged_output_dir
-from prefroute.router import Router
-from prefroute.training import DEFAULT_STRONG, DEFAULT_TRAINING_MIX, DEFAULT_WEAK, train_router
 
 DEFAULT_ROUTERS = ("sw_bt", "mf")
 
@@ -68,6 +57,24 @@ def _run_benchmark(
     n_bootstrap: int,
 ) -> None:
     """Everything ``benchmark`` does, writing into ``stage`` (renamed to ``out`` at the end)."""
+    import numpy as np
+
+    from prefroute.data.outcomes import load_outcomes
+    from prefroute.evaluate import (
+        evaluate_router,
+        plot_routing_curves,
+        prepare_eval_set,
+        results_markdown,
+    )
+    from prefroute.evaluate.protocols import TRANSFER_BENCHMARKS, transfer_training_battles
+    from prefroute.router import Router
+    from prefroute.training import (
+        DEFAULT_STRONG,
+        DEFAULT_TRAINING_MIX,
+        DEFAULT_WEAK,
+        train_router,
+    )
+
     tables = {b: load_outcomes(b, data_dir) for b in TRANSFER_BENCHMARKS}
     eval_prompts = sorted(
         {p for t in tables.values() for p in t.prompts}

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import typer
 
-from prefroute.calibrate import Prices, calibrate_budget, calibrate_strong_rate
-from prefroute.data.prompts import read_prompts
 from prefroute.errors import ConfigError
 from prefroute.io import check_output_dir, staged_output_dir
-from prefroute.router import load_router
 
 
 def calibrate(
@@ -43,6 +40,10 @@ def calibrate(
 
     Example: prefroute calibrate runs/mf --prompts prompts.jsonl --strong-rate 0.3
     """
+    from prefroute.calibrate import Prices, calibrate_budget, calibrate_strong_rate
+    from prefroute.data.prompts import read_prompts
+    from prefroute.router import load_router
+
     chosen = [x is not None for x in (strong_rate, budget_per_1k, budget_fraction)]
     if sum(chosen) != 1:
         raise ConfigError("give exactly one of --strong-rate, --budget or --budget-fraction")

@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
-from prefroute.data.loaders import NAMED_SOURCES
 from prefroute.errors import check_int
-from prefroute.evaluate import evaluate_router, plot_routing_curves, prepare_eval_set
 from prefroute.io import check_output_file
-from prefroute.router import load_router
-from prefroute.training import load_training_battles
 
 
 def evaluate(
@@ -38,6 +33,12 @@ def evaluate(
 
     Example: prefroute eval runs/mf --benchmark gsm8k --data-dir ../shared/data --json
     """
+    import numpy as np
+
+    from prefroute.evaluate import evaluate_router, plot_routing_curves, prepare_eval_set
+    from prefroute.router import load_router
+    from prefroute.training import load_training_battles
+
     check_int("--bootstrap", "prefroute eval", n_bootstrap)
     if plot is not None:
         check_output_file(plot, overwrite=overwrite, inputs=[checkpoint], flag="--plot")
@@ -93,6 +94,8 @@ def evaluate(
 def named_sources(sources: list, checkpoint: Path) -> list[str]:
     """The recorded training sources that are named data sets; a checkpoint may not make us
     read files it names, so recorded file paths are skipped (and said so)."""
+    from prefroute.data.loaders import NAMED_SOURCES
+
     named = [
         s for s in sources
         if isinstance(s, str) and (s in NAMED_SOURCES or s.startswith("golden:"))

@@ -6,10 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from tqdm import tqdm
-
-from prefroute.data.prompts import read_prompts
-from prefroute.router import load_router
 
 
 def score(
@@ -21,6 +17,11 @@ def score(
     batch_size: int = typer.Option(1024, "--batch-size"),
 ) -> None:
     """Score prompts with a saved router; rows come out in input order."""
+    from tqdm import tqdm
+
+    from prefroute.data.prompts import read_prompts
+    from prefroute.router import load_router
+
     router = load_router(checkpoint)
     texts = read_prompts(prompts)
     out.parent.mkdir(parents=True, exist_ok=True)

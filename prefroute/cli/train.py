@@ -10,9 +10,6 @@ import typer
 from prefroute.cli.common import resolve_data_dir
 from prefroute.errors import ConfigError, check_int
 from prefroute.io import check_output_dir
-from prefroute.router import Router
-from prefroute.routers.base import router_class
-from prefroute.training import load_training_battles, train_router, weight_sources
 
 
 def train(
@@ -70,6 +67,10 @@ def train(
     --data golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1
     --strong-model gpt-4-1106-preview --weak-model mixtral-8x7b-instruct-v0.1 --out runs/mf
     """
+    from prefroute.router import Router
+    from prefroute.routers.base import router_class
+    from prefroute.training import load_training_battles, train_router, weight_sources
+
     data_files = [Path(d) for d in data if Path(d).exists()]
     # checked before hours of training, and again (atomically) when saving
     check_output_dir(out, overwrite=overwrite, inputs=data_files)

@@ -1,59 +1,38 @@
 """Battle data: the columnar battle table, loaders for real sources, cleaning, ratings."""
 
-from prefroute.data.aliases import DEFAULT_ALIASES, ModelAliases
-from prefroute.data.battles import WINNERS, Battles
-from prefroute.data.cleaning import clean_battles, drop_duplicates, drop_short_prompts
-from prefroute.data.decontaminate import ContaminationReport, decontaminate, find_contamination
-from prefroute.data.loaders import (
-    NAMED_SOURCES,
-    apply_aliases,
-    distinct_prompts,
-    first_user_turn,
-    golden_battles,
-    load_arena,
-    load_judge_battles,
-    load_mt_bench_votes,
-    load_source,
-)
-from prefroute.data.outcomes import (
-    OutcomeTable,
-    load_contaminated_prompts,
-    load_mmlu_pro,
-    load_outcomes,
-    load_routellm_gsm8k,
-    load_routellm_mmlu,
-    load_routellm_mt_bench,
-    load_routerbench,
-)
-from prefroute.data.paths import default_data_dir
+from prefroute._lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_ALIASES",
-    "NAMED_SOURCES",
-    "WINNERS",
-    "Battles",
-    "ContaminationReport",
-    "ModelAliases",
-    "OutcomeTable",
-    "apply_aliases",
-    "clean_battles",
-    "decontaminate",
-    "default_data_dir",
-    "distinct_prompts",
-    "drop_duplicates",
-    "drop_short_prompts",
-    "find_contamination",
-    "first_user_turn",
-    "golden_battles",
-    "load_arena",
-    "load_contaminated_prompts",
-    "load_judge_battles",
-    "load_mmlu_pro",
-    "load_mt_bench_votes",
-    "load_outcomes",
-    "load_routellm_gsm8k",
-    "load_routellm_mmlu",
-    "load_routellm_mt_bench",
-    "load_routerbench",
-    "load_source",
-]
+# public name -> the submodule that defines it, imported on first use (import stays cheap)
+_EXPORTS = {
+    "DEFAULT_ALIASES": "prefroute.data.aliases",
+    "ModelAliases": "prefroute.data.aliases",
+    "WINNERS": "prefroute.data.battles",
+    "Battles": "prefroute.data.battles",
+    "clean_battles": "prefroute.data.cleaning",
+    "drop_duplicates": "prefroute.data.cleaning",
+    "drop_short_prompts": "prefroute.data.cleaning",
+    "ContaminationReport": "prefroute.data.decontaminate",
+    "decontaminate": "prefroute.data.decontaminate",
+    "find_contamination": "prefroute.data.decontaminate",
+    "NAMED_SOURCES": "prefroute.data.loaders",
+    "apply_aliases": "prefroute.data.loaders",
+    "distinct_prompts": "prefroute.data.loaders",
+    "first_user_turn": "prefroute.data.loaders",
+    "golden_battles": "prefroute.data.loaders",
+    "load_arena": "prefroute.data.loaders",
+    "load_judge_battles": "prefroute.data.loaders",
+    "load_mt_bench_votes": "prefroute.data.loaders",
+    "load_source": "prefroute.data.loaders",
+    "OutcomeTable": "prefroute.data.outcomes",
+    "load_contaminated_prompts": "prefroute.data.outcomes",
+    "load_mmlu_pro": "prefroute.data.outcomes",
+    "load_outcomes": "prefroute.data.outcomes",
+    "load_routellm_gsm8k": "prefroute.data.outcomes",
+    "load_routellm_mmlu": "prefroute.data.outcomes",
+    "load_routellm_mt_bench": "prefroute.data.outcomes",
+    "load_routerbench": "prefroute.data.outcomes",
+    "default_data_dir": "prefroute.data.paths",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

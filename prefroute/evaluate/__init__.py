@@ -5,54 +5,35 @@ or any outcome table; ``protocols`` trains routers the documented ways before sc
 ``plots`` draws the curves.
 """
 
-from prefroute.evaluate.baselines import knn_probs, prompt_length_probs, strong_win_labels
-from prefroute.evaluate.benchmarks import (
-    ROUTELLM_BENCHMARKS,
-    EvalResult,
-    EvalSet,
-    evaluate_router,
-    prepare_eval_set,
-    results_markdown,
-)
-from prefroute.evaluate.curves import RankedOutcomes, RoutingCurve, routing_curve
-from prefroute.evaluate.metrics import (
-    CPT_LEVELS,
-    RouterMetrics,
-    apgr,
-    bootstrap_apgr,
-    cpt,
-    oracle_metrics,
-    oracle_probs,
-    pgr,
-    random_metrics,
-    random_router_apgr,
-    router_metrics,
-)
-from prefroute.evaluate.plots import plot_routing_curves
+from prefroute._lazy import lazy_exports
 
-__all__ = [
-    "CPT_LEVELS",
-    "ROUTELLM_BENCHMARKS",
-    "EvalResult",
-    "EvalSet",
-    "RankedOutcomes",
-    "RouterMetrics",
-    "RoutingCurve",
-    "apgr",
-    "bootstrap_apgr",
-    "cpt",
-    "evaluate_router",
-    "knn_probs",
-    "oracle_metrics",
-    "oracle_probs",
-    "pgr",
-    "plot_routing_curves",
-    "prepare_eval_set",
-    "prompt_length_probs",
-    "random_metrics",
-    "random_router_apgr",
-    "results_markdown",
-    "router_metrics",
-    "routing_curve",
-    "strong_win_labels",
-]
+# public name -> the submodule that defines it, imported on first use (import stays cheap)
+_EXPORTS = {
+    "knn_probs": "prefroute.evaluate.baselines",
+    "prompt_length_probs": "prefroute.evaluate.baselines",
+    "strong_win_labels": "prefroute.evaluate.baselines",
+    "ROUTELLM_BENCHMARKS": "prefroute.evaluate.benchmarks",
+    "EvalResult": "prefroute.evaluate.benchmarks",
+    "EvalSet": "prefroute.evaluate.benchmarks",
+    "evaluate_router": "prefroute.evaluate.benchmarks",
+    "prepare_eval_set": "prefroute.evaluate.benchmarks",
+    "results_markdown": "prefroute.evaluate.benchmarks",
+    "RankedOutcomes": "prefroute.evaluate.curves",
+    "RoutingCurve": "prefroute.evaluate.curves",
+    "routing_curve": "prefroute.evaluate.curves",
+    "CPT_LEVELS": "prefroute.evaluate.metrics",
+    "RouterMetrics": "prefroute.evaluate.metrics",
+    "apgr": "prefroute.evaluate.metrics",
+    "bootstrap_apgr": "prefroute.evaluate.metrics",
+    "cpt": "prefroute.evaluate.metrics",
+    "oracle_metrics": "prefroute.evaluate.metrics",
+    "oracle_probs": "prefroute.evaluate.metrics",
+    "pgr": "prefroute.evaluate.metrics",
+    "random_metrics": "prefroute.evaluate.metrics",
+    "random_router_apgr": "prefroute.evaluate.metrics",
+    "router_metrics": "prefroute.evaluate.metrics",
+    "plot_routing_curves": "prefroute.evaluate.plots",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -5,36 +5,22 @@
 The server's FastAPI/uvicorn imports happen only when ``create_app`` is imported.
 """
 
-from prefroute.serve.controller import AsyncController, Controller
-from prefroute.serve.errors import (
-    InvalidRequestError,
-    ServeError,
-    UpstreamError,
-    UpstreamRateLimitError,
-    UpstreamTimeoutError,
-)
-from prefroute.serve.routing import RoutingDecision
-from prefroute.serve.settings import ServeSettings, UpstreamSettings
+from prefroute._lazy import lazy_exports
 
+# public name -> the submodule that defines it, imported on first use (import stays cheap)
+_EXPORTS = {
+    "AsyncController": "prefroute.serve.controller",
+    "Controller": "prefroute.serve.controller",
+    "InvalidRequestError": "prefroute.serve.errors",
+    "ServeError": "prefroute.serve.errors",
+    "UpstreamError": "prefroute.serve.errors",
+    "UpstreamRateLimitError": "prefroute.serve.errors",
+    "UpstreamTimeoutError": "prefroute.serve.errors",
+    "RoutingDecision": "prefroute.serve.routing",
+    "ServeSettings": "prefroute.serve.settings",
+    "UpstreamSettings": "prefroute.serve.settings",
+    "create_app": "prefroute.serve.app",
+}
 
-def __getattr__(name: str):
-    if name == "create_app":  # FastAPI is an optional dependency (the "serve" extra)
-        from prefroute.serve.app import create_app
-
-        return create_app
-    raise AttributeError(f"module 'prefroute.serve' has no attribute {name!r}")
-
-
-__all__ = [
-    "AsyncController",
-    "Controller",
-    "InvalidRequestError",
-    "RoutingDecision",
-    "ServeError",
-    "ServeSettings",
-    "UpstreamError",
-    "UpstreamRateLimitError",
-    "UpstreamTimeoutError",
-    "UpstreamSettings",
-    "create_app",
-]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -1,20 +1,23 @@
 """From an OpenAI request to a routing decision: which router, which threshold, which text.
 
 Shared by the server and the Controller so both read ``model`` and ``messages`` the same way.
-A request's ``model`` is ``router-<name>`` (the checkpoint's calibrated threshold) or
-``router-<name>-<threshold>``; the prompt scored is the last user turn or the conversation.
+A request's ``model`` is ``router-<name>`` (the checkpoint's calibrated threshold),
+``router-<name>@<percent>`` (the threshold that sent that percentage of the calibration prompts
+to the strong model) or ``router-<name>-<threshold>`` (any float spelling: 0.3, .3, 1e-3);
+the prompt scored is the last user turn or the conversation.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefroute._logging import logger
+from prefroute.calibrate import threshold_at_rate
 from prefroute.compat.names import routellm_model_alias
 from prefroute.errors import ConfigError
 from prefroute.router import Router, load_router
@@ -23,6 +26,69 @@ from prefroute.serve.settings import RoutersSpec, UpstreamSettings
 
 MODEL_PREFIX = "router-"
 _NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
+_NUMBER = re.compile(r"^(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+# the strong-call rates /v1/models lists as router-<name>@<percent>
+LISTED_RATES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+@dataclass(frozen=True)
+class ParsedModel:
+    """What a ``model`` field asks for: a router name and how to pick its threshold.
+
+    ``kind`` is "calibrated" (no value), "threshold" (``value`` in [0, 1]) or "rate"
+    (``value`` a strong-call percentage in [0, 100]).
+    """
+
+    router_name: str
+    kind: str
+    value: float | None = None
+
+
+def parse_model_name(model: str, router_names: Collection[str]) -> ParsedModel | None:
+    """Parse ``router-<name>``, ``router-<name>@<percent>`` or ``router-<name>-<threshold>``.
+
+    Returns None when ``model`` names none of ``router_names``; raises InvalidRequestError
+    when it names one with a malformed or out-of-range number. Names may hold '-', so every
+    split is tried against the known names (``router-mf-1e-3`` is mf at 0.001).
+    """
+    if not model.startswith(MODEL_PREFIX):
+        return None
+    rest = model[len(MODEL_PREFIX) :]
+    if rest in router_names:
+        return ParsedModel(rest, "calibrated")
+    name, at, percent_text = rest.rpartition("@")
+    if at and name in router_names:
+        percent = _parse_number(percent_text)
+        if percent is None or not 0.0 <= percent <= 100.0:
+            raise InvalidRequestError(
+                f"bad strong-call rate {percent_text!r} in model {model!r}: it must be a "
+                f"percentage in [0, 100], e.g. {MODEL_PREFIX}{name}@30",
+                param="model",
+                code="invalid_rate",
+            )
+        return ParsedModel(name, "rate", percent)
+    candidates = [i for i, ch in enumerate(rest) if ch == "-" and rest[:i] in router_names]
+    for i in reversed(candidates):  # the longest known name first
+        threshold = _parse_number(rest[i + 1 :])
+        if threshold is not None and 0.0 <= threshold <= 1.0:
+            return ParsedModel(rest[:i], "threshold", threshold)
+    if candidates:
+        raise InvalidRequestError(
+            f"bad threshold {rest[candidates[-1] + 1 :]!r} in model {model!r}: it must be a "
+            f"number in [0, 1], e.g. {MODEL_PREFIX}{rest[: candidates[-1]]}-0.1163, or a "
+            f"strong-call percentage, e.g. {MODEL_PREFIX}{rest[: candidates[-1]]}@30",
+            param="model",
+            code="invalid_threshold",
+        )
+    return None
+
+
+def _parse_number(text: str) -> float | None:
+    """A plain decimal or scientific number (no sign, nan, inf or underscores); else None."""
+    if not _NUMBER.match(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def parse_router_arg(arg: str | Path) -> tuple[str | None, Path]:
@@ -108,6 +174,7 @@ class RouterTable:
         self.routers = dict(routers)
         self.strong = strong
         self.weak = weak
+        self._warned: set[str] = set()
 
     def upstream_model(self, router: Router, side: str) -> str:
         if side == "strong":
@@ -123,20 +190,49 @@ class RouterTable:
                 param="model",
                 code="invalid_model",
             )
-        rest = model[len(MODEL_PREFIX) :] if model.startswith(MODEL_PREFIX) else None
-        if rest in self.routers:
-            router = self.routers[rest]
-            return ResolvedModel(model, rest, router, router.threshold)
-        if rest is not None:
-            name, sep, threshold_text = rest.rpartition("-")
-            if sep and name in self.routers:
-                threshold = _parse_threshold(threshold_text, model)
-                return ResolvedModel(model, name, self.routers[name], threshold)
-        raise InvalidRequestError(
-            f"unknown model {model!r}: this server routes with {self._examples()} "
-            f"(router-<name>-<threshold> picks a threshold in [0, 1]); GET /v1/models lists them",
-            param="model",
-            code="model_not_found",
+        parsed = parse_model_name(model, self.routers)
+        if parsed is None:
+            raise InvalidRequestError(
+                f"unknown model {model!r}: this server routes with {self._examples()} "
+                "(router-<name>@<percent> sends that share of calls to the strong model, "
+                "router-<name>-<threshold> picks a threshold in [0, 1]); GET /v1/models lists them",
+                param="model",
+                code="model_not_found",
+            )
+        router = self.routers[parsed.router_name]
+        if parsed.kind == "calibrated":
+            threshold = router.threshold
+        elif parsed.kind == "rate":
+            try:
+                threshold = threshold_at_rate(router.calibration, float(parsed.value))
+            except ConfigError as e:
+                raise InvalidRequestError(
+                    f"model {model!r}: {e}", param="model", code="no_rate_calibration"
+                ) from None
+        else:
+            threshold = float(parsed.value)
+            self._warn_outside_calibration(model, parsed.router_name, threshold)
+        return ResolvedModel(model, parsed.router_name, router, threshold)
+
+    def _warn_outside_calibration(self, model: str, name: str, threshold: float) -> None:
+        """Log once per model id when a threshold sends every calibration prompt one way."""
+        low_high = (self.routers[name].calibration or {}).get("score_range") or []
+        if len(low_high) != 2 or model in self._warned:
+            return
+        low, high = low_high
+        if low <= threshold <= high:
+            return
+        self._warned.add(model)
+        everything = "strong" if threshold < low else "weak"
+        logger.warning(
+            "%s: threshold %g lies outside the calibration scores' range [%.4f, %.4f], so it "
+            "sends every calibration prompt to the %s model; name a rate instead, e.g. %s@30",
+            model,
+            threshold,
+            low,
+            high,
+            everything,
+            f"{MODEL_PREFIX}{name}",
         )
 
     def decide(self, resolved: ResolvedModel, strong_win_prob: float) -> RoutingDecision:
@@ -178,28 +274,24 @@ class RouterTable:
                     "threshold": round(router.threshold, 4),
                 }
             )
+            if (router.calibration or {}).get("rate_thresholds"):
+                for percent in LISTED_RATES:
+                    threshold = threshold_at_rate(router.calibration, percent)
+                    cards.append(
+                        {
+                            "id": f"{MODEL_PREFIX}{name}@{percent}",
+                            **common,
+                            "threshold": threshold,
+                            "strong_rate": percent / 100.0,
+                        }
+                    )
         return cards
 
     def _examples(self) -> str:
         names = list(self.routers)
         shown = ", ".join(f"'{MODEL_PREFIX}{n}'" for n in names[:5])
         more = f" (and {len(names) - 5} more)" if len(names) > 5 else ""
-        return f"{shown}{more} or '{MODEL_PREFIX}{names[0]}-0.5'"
-
-
-def _parse_threshold(text: str, model: str) -> float:
-    try:
-        threshold = float(text)
-    except ValueError:
-        threshold = math.nan
-    if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
-        raise InvalidRequestError(
-            f"bad threshold {text!r} in model {model!r}: it must be a number in [0, 1], "
-            "e.g. router-<name>-0.1163",
-            param="model",
-            code="invalid_threshold",
-        )
-    return threshold
+        return f"{shown}{more} or '{MODEL_PREFIX}{names[0]}@30'"
 
 
 def _content_text(content: Any, index: int) -> str:

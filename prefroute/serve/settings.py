@@ -7,10 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from prefroute.errors import ConfigError, check_choice
-from prefroute.router import Router
+
+if TYPE_CHECKING:  # a type only: importing the router stack here would slow `prefroute --help`
+    from prefroute.router import Router
 
 if TYPE_CHECKING:
     from prefroute.serve.budget import BudgetSettings
@@ -19,7 +21,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 ROUTING_TEXTS = ("last-user", "conversation")
 
-RouterSource = str | Path | Router
+RouterSource = Union[str, Path, "Router"]  # noqa: UP007 - "Router" is a forward ref
 RoutersSpec = Sequence[str | Path] | Mapping[str, RouterSource]
 
 
