@@ -124,7 +124,8 @@ def test_models_health_and_a_routed_completion(mf_checkpoint, upstreams, alpaca_
     with serving(make_settings([str(directory)], strong, weak)) as url:
         assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok", "routers": ["mf"]}
         ids = [m.id for m in client(url).models.list()]
-        assert ids == ["router-mf", f"router-mf-{router.threshold:.4f}"]
+        rates = [f"router-mf@{p}" for p in range(10, 100, 10)]
+        assert ids == ["router-mf", f"router-mf-{router.threshold:.4f}", *rates]
         for prompt in alpaca_prompts[:12]:
             raw = client(url).chat.completions.with_raw_response.create(
                 model="router-mf", messages=user(prompt), temperature=0.2
@@ -313,8 +314,9 @@ def test_several_checkpoints_with_names(
         assert ids == [
             "router-mf",
             f"router-mf-{router.threshold:.4f}",
+            *[f"router-mf@{p}" for p in range(10, 100, 10)],
             "router-coin",
-            "router-coin-0.5000",
+            "router-coin-0.5000",  # never calibrated: no rate names
         ]
         coin = load_router(random_checkpoint)
         for prompt in alpaca_prompts[:10]:
@@ -525,7 +527,11 @@ def test_controller_sync(mf_checkpoint, upstreams, alpaca_prompts):
         "weak": UpstreamSettings(base_url=weak.base_url, api_key_env=KEY_ENV),
     }
     with Controller([str(directory)], **sides, max_retries=0, timeout=10) as controller:
-        assert controller.models() == ["router-mf", f"router-mf-{router.threshold:.4f}"]
+        assert controller.models() == [
+            "router-mf",
+            f"router-mf-{router.threshold:.4f}",
+            *[f"router-mf@{p}" for p in range(10, 100, 10)],
+        ]
         prompts = alpaca_prompts[:10]
         for prompt in prompts:
             reply = controller.chat.completions.create(

@@ -1,0 +1,63 @@
+"""Share routers through the Hugging Face Hub, the way models are shared.
+
+``resolve_checkpoint("org/name")`` downloads (or, with ``HF_HUB_OFFLINE=1``, finds in the local
+hub cache) a checkpoint snapshot and returns its folder; a path that exists locally is used
+as is. What comes from the hub is data like any checkpoint: config.json, safetensors and a
+README, loaded by the same checks; nothing in it picks a URL, an env var, code or a path.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prefroute.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from prefroute.router import Router
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+
+
+def looks_like_repo_id(source: str | Path) -> bool:
+    return isinstance(source, str) and bool(_REPO_ID.match(source)) and ".." not in source
+
+
+def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Path:
+    """A local checkpoint folder for ``source``: a folder, or a hub repo id ``org/name``."""
+    path = Path(source)
+    if path.exists() or not looks_like_repo_id(source):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), revision=revision))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{source!r} is not a local checkpoint folder, and the Hugging Face Hub has no "
+            f"such router repo reachable from here ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+
+
+def push_to_hub(
+    router: Router,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload prefroute router",
+) -> str:
+    """Save ``router`` (with its model card) and upload it to the hub repo; returns its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prefroute-push-") as folder:
+        router.save_pretrained(folder, card_name=repo_id)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message
+        )
+    return str(getattr(commit, "repo_url", f"https://huggingface.co/{repo_id}"))

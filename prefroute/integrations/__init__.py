@@ -1,0 +1,1 @@
+"""Plug-ins for other LLM gateways: ``prefroute.integrations.litellm`` (needs ``litellm``)."""
