@@ -198,7 +198,8 @@ def run_table(table_name: str, args: argparse.Namespace) -> dict:
             match = config
             acc_s = f"{s['matching_accuracy'] * 100:.2f}"
             cost_s = f"{s['matching_cost'] * 1000:.4f}"
-            saving_s = f"{s['saving_vs_best_single'] * 100:.1f}%"
+            saving = s["saving_vs_best_single"]
+            saving_s = "none" if saving is None else f"{saving * 100:.1f}%"
         print(
             f"| {ev.router} | {s['best_policy']} | {s['best_policy_accuracy'] * 100:.2f} | "
             f"{diff_s} | {s['oracle_gap_closed']:+.3f} | {match} | {acc_s} | {cost_s} | "

@@ -14,6 +14,20 @@ from prefroute.io import atomic_write_text, staged_output_dir
 
 DEFAULT_ROUTERS = ("sw_bt", "mf")
 
+LEGEND = """\
+How to read this table (transfer protocol: routers trained on AlpacaEval judge battles plus
+MMLU-Pro golden battles, with every near-copy of an evaluation prompt removed; scored on the
+stored MT-Bench, MMLU and GSM8K outcomes of gpt-4-1106-preview vs Mixtral-8x7B):
+- APGR: average performance gap recovered over strong-call rates. 0 = the weak model's
+  quality, 1 = the strong model's; random routing gives 0.5 by construction, the oracle > 1.
+- [low, high]: 95% bootstrap CI over prompts. The random row shows a seed spread instead
+  (+-1 sd over 10 seeds, labelled), the oracle is exact. A router beats random only when
+  its whole interval lies above random's.
+- CPT(50%): strong-model calls needed to recover half the gap (lower is better; random ~50%).
+- Below random: under transfer a router ranks prompts by what mattered in its training data;
+  where the benchmark disagrees (on MMLU math gpt-4-1106-preview is no better than Mixtral,
+  while MMLU-Pro taught "math needs the strong model") it ranks worse than chance."""
+
 
 def benchmark(
     data_dir: Path | None = typer.Option(
@@ -142,10 +156,10 @@ def _run_benchmark(
     table = results_markdown(flat)
     for bench, rs in results.items():
         plot_routing_curves(rs, stage / f"{bench}.png", title=f"{bench}: transfer protocol")
-    atomic_write_text(stage / "results.md", table + "\n")
+    atomic_write_text(stage / "results.md", f"{LEGEND}\n\n{table}\n")
     atomic_write_text(
         stage / "results.json",
         json.dumps({"summary": summary, "results": [r.to_dict() for r in flat]}, indent=2) + "\n",
     )
-    typer.echo("\n" + table)
+    typer.echo("\n" + LEGEND + "\n\n" + table)
     typer.echo(f"\nplots: {', '.join(str(out / f'{b}.png') for b in results)}")

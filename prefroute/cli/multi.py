@@ -294,11 +294,18 @@ def eval_(
         if "matching_config" not in s:
             continue
         target = f"{s['best_single']} ({s['best_single_accuracy'] * 100:.2f}%)"
-        if s["matching_config"] is not None:
+        if s["matching_config"] is not None and s["saving_vs_best_single"] is not None:
             verdict = (
                 f"matches {target} with {s['matching_config']}: "
                 f"{s['matching_accuracy'] * 100:.2f}% at ${s['matching_cost'] * 1000:.4f}/1k vs "
-                f"${s['best_single_cost'] * 1000:.4f}/1k"
+                f"${s['best_single_cost'] * 1000:.4f}/1k, "
+                f"{s['saving_vs_best_single'] * 100:.1f}% cheaper"
+            )
+        elif s["matching_config"] is not None:
+            verdict = (
+                f"matches {target} only at the same or a higher cost "
+                f"(${s['matching_cost'] * 1000:.4f}/1k vs ${s['best_single_cost'] * 1000:.4f}/1k): "
+                "no saving"
             )
         else:
             verdict = (

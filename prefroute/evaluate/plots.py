@@ -9,6 +9,13 @@ from prefroute.errors import ConfigError
 from prefroute.evaluate.benchmarks import EvalResult
 from prefroute.io import atomic_write
 
+# router lines: none of the colours kept for the references (weak blue, strong red, random
+# grey, oracle black), so every line in the legend is told apart by colour
+ROUTER_COLORS = (
+    "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+    "gold", "navy", "lime",
+)
+
 
 def plot_routing_curves(results: Sequence[EvalResult], path: str | Path, *,
                         title: str | None = None, reference_apgr: dict[str, float] | None = None
@@ -34,10 +41,11 @@ def plot_routing_curves(results: Sequence[EvalResult], path: str | Path, *,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in results:
+    for i, r in enumerate(results):
         pts = r.router.curve
         ax.plot([100 * p["strong_rate"] for p in pts], [p["quality"] for p in pts],
-                label=f"{r.name} (APGR {r.apgr:.3f})", linewidth=1.6)
+                label=f"{r.name} (APGR {r.apgr:.3f})", linewidth=1.6,
+                color=ROUTER_COLORS[i % len(ROUTER_COLORS)])
     for ref, style in ((first.random, ":"), (first.oracle, "-.")):
         pts = ref.curve
         ax.plot([100 * p["strong_rate"] for p in pts], [p["quality"] for p in pts], style,

@@ -253,7 +253,10 @@ def savings_summary(evaluation: RouterEvaluation, baselines: dict[str, Any]) -> 
             out["matching_accuracy"] = q
             out["matching_cost"] = cost
             out["matches_best_single_cheaper"] = bool(cost < best.cost)
-            out["saving_vs_best_single"] = float(1.0 - cost / best.cost) if best.cost > 0 else None
+            # a match at the same or a higher cost is no saving: None, never a "0% saving"
+            out["saving_vs_best_single"] = (
+                float(1.0 - cost / best.cost) if best.cost > 0 and cost < best.cost else None
+            )
         else:
             out["matching_config"] = out["matching_cost"] = None
             out["matches_best_single_cheaper"] = False

@@ -116,13 +116,18 @@ def _draw(
     sc = np.array([r.cost for r in singles]) * scale
     sq = np.array([r.accuracy for r in singles]) * 100
     ax.scatter(sc, sq, color="black", marker="s", s=28, zorder=4, label="single models")
-    for r, x, y in zip(singles, sc, sq, strict=True):
+    # the costlier half of the models are labelled to the left of their point, so the
+    # right-most name (e.g. gpt-4-1106-preview) is not cut off at the plot's edge
+    cost_rank = np.argsort(np.argsort(sc))
+    for r, x, y, rank in zip(singles, sc, sq, cost_rank, strict=True):
+        left = rank >= len(singles) / 2
         ax.annotate(
             r.name.split("/")[-1],
             (x, y),
             fontsize=6.5,
-            xytext=(3, 2),
+            xytext=(-4, 3) if left else (4, 3),
             textcoords="offset points",
+            ha="right" if left else "left",
             clip_on=True,
         )
     o = baselines["oracle"]
@@ -147,8 +152,17 @@ def _draw(
         label="random (expected)",
     )
     ax.grid(True, alpha=0.3, which="both")
+    ax.margins(x=0.06, y=0.06)
     if legend:
-        ax.legend(fontsize=7.5, loc="best")
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        if any(ev.curve is not None for ev in evaluations):  # the thin lines have no label
+            handles.append(
+                Line2D([], [], color="grey", lw=0.8, alpha=0.6,
+                       label="thin line: every cost weight of that router")
+            )  # fmt: skip
+        ax.legend(handles=handles, fontsize=7.5, loc="best")
 
 
 def _dense_hull(
