@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -317,3 +318,53 @@ def test_from_pretrained_through_an_offline_hub_cache(mf_dir, tmp_path, prompts)
 def test_a_missing_local_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_router(tmp_path / "nowhere" / "deeper")
+
+
+# 4. output a newcomer understands --------------------------------------------------------
+def test_apgr_columns_always_hold_an_interval(mf_dir, data_dir):
+    from prefroute.evaluate import evaluate_router, results_markdown
+
+    result = evaluate_router(load_router(mf_dir), "mt-bench", data_dir, n_bootstrap=200)
+    rows = results_markdown([result]).splitlines()[2:]
+    assert len(rows) == 3  # the router, random, oracle
+    router_cell, random_cell, oracle_cell = (row.split(" | ")[3] for row in rows)
+    for cell in (router_cell, random_cell, oracle_cell):
+        assert re.search(r"\[-?\d\.\d{3}, -?\d\.\d{3}\]", cell), cell
+    assert "seed spread" in random_cell and "seeds" in random_cell
+    assert oracle_cell.endswith("exact")
+    assert "±" not in "\n".join(rows)
+
+
+def test_routing_curve_lines_have_distinct_colours_and_legend_entries(
+    mf_dir, data_dir, tmp_path, monkeypatch
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from prefroute.evaluate import evaluate_router, plot_routing_curves
+
+    router = load_router(mf_dir)
+    results = [
+        evaluate_router(router, "mt-bench", data_dir, n_bootstrap=50, name=name)
+        for name in ("mf", "mf again")
+    ]
+    monkeypatch.setattr(plt, "close", lambda *args: None)  # keep the figure to inspect it
+    plot_routing_curves(results, tmp_path / "curves.png")
+    ax = plt.gcf().axes[0]
+    lines = ax.get_lines()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(labels) == len(lines) == 6  # 2 routers, random, oracle, weak, strong
+    colours = [to_hex(line.get_color()) for line in lines]
+    assert len(set(colours)) == len(colours), colours
+    plt.close("all")
+
+
+def test_benchmark_prints_a_legend():
+    from prefroute.cli.benchmark import LEGEND
+
+    for term in ("APGR", "CPT(50%)", "95% bootstrap CI", "seed spread", "transfer protocol",
+                 "Below random"):  # fmt: skip
+        assert term in LEGEND, term

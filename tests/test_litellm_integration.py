@@ -130,12 +130,19 @@ def test_rate_option_and_sync_calls(checkpoint, prompts, upstreams):
 
 def test_routing_plugin_narrows_candidates(checkpoint, prompts, upstreams):
     strong, weak = upstreams
-    plugin = PrefrouteStrategy(checkpoint)
+    plugin = PrefrouteStrategy(checkpoint)  # no model_list: matched by the model names
     router = litellm.Router(model_list=model_list(strong, weak), plugins=[plugin])
+    litellm.callbacks.append(plugin)  # as litellm_settings.callbacks does on the proxy
     sample = prompts[:20]
-    asyncio.run(send_all(router, sample))
-    expected_strong = sum(model == STRONG for model in checkpoint.route(sample))
+    try:
+        responses = asyncio.run(send_all(router, sample))
+    finally:
+        detach(plugin)
+    expected = checkpoint.route(sample)
+    expected_strong = sum(model == STRONG for model in expected)
     assert strong.count() == expected_strong and weak.count() == len(sample) - expected_strong
+    sides = [r._hidden_params["prefroute"]["side"] for r in responses]
+    assert sides == ["strong" if model == STRONG else "weak" for model in expected]
 
 
 def test_bad_configurations_are_named(checkpoint, upstreams):

@@ -46,10 +46,10 @@ def plot_routing_curves(results: Sequence[EvalResult], path: str | Path, *,
         ax.plot([100 * p["strong_rate"] for p in pts], [p["quality"] for p in pts],
                 label=f"{r.name} (APGR {r.apgr:.3f})", linewidth=1.6,
                 color=ROUTER_COLORS[i % len(ROUTER_COLORS)])
-    for ref, style in ((first.random, ":"), (first.oracle, "-.")):
+    for ref, style, color in ((first.random, ":", "grey"), (first.oracle, "-.", "black")):
         pts = ref.curve
         ax.plot([100 * p["strong_rate"] for p in pts], [p["quality"] for p in pts], style,
-                color="grey" if ref.name == "random" else "black",
+                color=color,
                 label=f"{ref.name} (APGR {ref.apgr:.3f})", linewidth=1.2)
     ax.axhline(first.weak_quality, color="tab:blue", linestyle="--", linewidth=0.9,
                label=f"weak: {first.weak_model} ({first.weak_quality:.3f})")

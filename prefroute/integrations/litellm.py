@@ -129,7 +129,11 @@ class PrefrouteStrategy(CustomRoutingStrategyBase, CustomLogger):
     async def async_post_call_success_deployment_hook(
         self, request_data: dict, response: Any, call_type: Any
     ) -> Any:
-        decision = (request_data.get("metadata") or {}).get("prefroute")
+        metadata = request_data.get("metadata") or {}
+        signals = metadata.get("routing_plugin_signals") or {}  # the routing-plugin path
+        decision = metadata.get("prefroute") or (
+            signals.get("prefroute") if isinstance(signals, dict) else None
+        )
         hidden = getattr(response, "_hidden_params", None)
         if not isinstance(decision, dict) or not isinstance(hidden, dict):
             return None
