@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -107,8 +108,9 @@ def test_quick_start_and_every_cli_example_run_verbatim(fresh_copy):
         if command.startswith("prefroute serve"):
             port = free_port()
             server = subprocess.Popen(
-                f"{command} --port {port}", shell=True, cwd=repo, env=env,
+                f"exec {command} --port {port}", shell=True, cwd=repo, env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True,
             )  # fmt: skip
             try:
                 deadline = time.monotonic() + 180
@@ -124,7 +126,7 @@ def test_quick_start_and_every_cli_example_run_verbatim(fresh_copy):
                 models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
                 assert "router-sw_bt@30" in [m["id"] for m in models["data"]]
             finally:
-                server.terminate()
+                os.killpg(server.pid, signal.SIGTERM)  # the shell, the shim and the server
                 server.wait(timeout=30)
         else:
             result = subprocess.run(

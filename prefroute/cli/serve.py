@@ -101,7 +101,8 @@ def serve(
         help="redis://HOST:PORT/DB: replicas share the controller state (default in-process)",
     ),
 ) -> None:
-    """Serve routers behind POST /v1/chat/completions; request model router-NAME[-THRESHOLD]."""
+    """Serve routers behind POST /v1/chat/completions: model router-NAME, router-NAME@30 (30%
+    strong calls) or router-NAME-THRESHOLD."""
     try:
         import uvicorn
 
