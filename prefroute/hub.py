@@ -28,7 +28,8 @@ def looks_like_repo_id(source: str | Path) -> bool:
 def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Path:
     """A local checkpoint folder for ``source``: a folder, or a hub repo id ``org/name``."""
     path = Path(source)
-    if path.exists() or not looks_like_repo_id(source):
+    # "runs/typo" names a missing local folder (its parent exists), not a hub repo: no network
+    if path.exists() or path.parent.is_dir() or not looks_like_repo_id(source):
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

@@ -315,9 +315,14 @@ def test_from_pretrained_through_an_offline_hub_cache(mf_dir, tmp_path, prompts)
     assert STRONG in info.stdout and "strong calls on 322 prompts" in info.stdout
 
 
-def test_a_missing_local_checkpoint_is_one_clear_error(tmp_path):
+def test_a_missing_local_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_router(tmp_path / "nowhere" / "deeper")
+    # a typo under an existing folder is a local path, never a hub lookup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_router("runs/typo")
 
 
 # 4. output a newcomer understands --------------------------------------------------------
