@@ -208,10 +208,26 @@ def verify_files(directory: str | Path, config: dict[str, Any]) -> None:
             _check_finite_file(path)
 
 
+_TORCH_ONLY_DTYPES = {"BF16", "F8_E4M3", "F8_E5M2"}
+
+
 def _check_finite_file(path: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     try:
+        # numpy reads every dtype but bfloat16 / float8; only those files need torch (whose
+        # import costs seconds, so loading an mf or sw_bt router stays torch-free)
+        with safe_open(str(path), framework="numpy") as handle:
+            keys = list(handle.keys())  # noqa: SIM118 - safe_open is not a mapping
+            dtypes = {handle.get_slice(key).get_dtype() for key in keys}
+            if not dtypes & _TORCH_ONLY_DTYPES:
+                for key in keys:
+                    array = handle.get_tensor(key)
+                    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                        raise CheckpointError(
+                            f"{path}: tensor {key!r} holds NaN or infinite values"
+                        )
+                return
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 tensor = handle.get_tensor(key)
@@ -219,7 +235,7 @@ def _check_finite_file(path: Path) -> None:
                     raise CheckpointError(
                         f"{path}: tensor {key!r} holds NaN or infinite values"
                     )
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
 
 

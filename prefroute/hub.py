@@ -8,7 +8,9 @@ README, loaded by the same checks; nothing in it picks a URL, an env var, code o
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,12 +37,29 @@ def resolve_checkpoint(source: str | Path, *, revision: str | None = None) -> Pa
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id=str(source), revision=revision))
+        snapshot = Path(snapshot_download(repo_id=str(source), revision=revision))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{source!r} is not a local checkpoint folder, and the Hugging Face Hub has no "
             f"such router repo reachable from here ({type(e).__name__}: {str(e)[:200]})"
         ) from None
+    return _without_links(snapshot)
+
+
+def _without_links(snapshot: Path) -> Path:
+    """The snapshot as plain files: the hub cache links files to blobs, and a checkpoint
+    folder must hold regular files only. Copied once beside the cache's snapshots."""
+    if not any(p.is_symlink() for p in snapshot.rglob("*")):
+        return snapshot
+    target = snapshot.parent.parent / "prefroute_files" / snapshot.name
+    if not target.is_dir():
+        staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.copytree(snapshot, staging, symlinks=False)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same copy first
+            shutil.rmtree(staging)
+    return target
 
 
 def push_to_hub(

@@ -286,7 +286,13 @@ def test_from_pretrained_through_an_offline_hub_cache(mf_dir, tmp_path, prompts)
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--prefroute-test--mf-router"
-    shutil.copytree(mf_dir, repo / "snapshots" / commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for path in mf_dir.iterdir():  # as huggingface_hub lays it out: snapshot files link blobs
+        blob = repo / "blobs" / f"blob-{path.name}"
+        shutil.copy2(path, blob)
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", blob.name))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     expected = load_router(mf_dir).route(prompts[:20])
