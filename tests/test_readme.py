@@ -1,4 +1,4 @@
-"""The README's quick start and every CLI example, run verbatim in a fresh copy of the repo.
+"""The README's quick start and its CLI examples, run verbatim in a fresh copy of the repo.
 
 The copy holds only git-tracked files (as a fresh clone would) beside a ``shared/data`` link to
 the reference data, so the README's ``../shared/data`` paths resolve as they do for a user.
@@ -101,7 +101,9 @@ def test_the_two_commands_still_name_the_main_job_and_the_suite():
 def test_quick_start_and_every_cli_example_run_verbatim(fresh_copy):
     repo, env = fresh_copy
     text = (repo / "README.md").read_text()
-    commands = [c for block in code_blocks(text, "bash")[1:] for c in shell_commands(block)]
+    # the quick start section (with its LiteLLM and sharing subsections)
+    quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [c for block in code_blocks(quick_start, "bash") for c in shell_commands(block)]
     assert any(c.startswith("prefroute train") for c in commands)
     ran = []
     for command in commands:
@@ -150,7 +152,7 @@ def test_quick_start_and_every_cli_example_run_verbatim(fresh_copy):
     assert not extra, f"README examples wrote outside runs/: {extra}"
 
     # then the Python blocks: the quick start, and the LiteLLM snippets (which use runs/sw_bt)
-    for block in code_blocks(text, "python"):
+    for block in code_blocks(quick_start, "python"):
         result = subprocess.run(
             [sys.executable, "-c", block], cwd=repo, env=env, capture_output=True, text=True,
             timeout=900,

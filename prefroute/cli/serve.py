@@ -7,9 +7,7 @@ import socket
 import typer
 
 from prefroute.errors import ConfigError
-from prefroute.serve.budget import budget_settings
 from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
-from prefroute.serve.state import check_reachable
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -111,6 +109,10 @@ def serve(
         raise ConfigError(
             f"serving needs FastAPI and uvicorn: pip install 'prefroute[serve]' ({e})"
         ) from None
+    # imported here, not at the top: they load the router stack (keeps `--help` fast)
+    from prefroute.serve.budget import budget_settings
+    from prefroute.serve.state import check_reachable
+
     budget = budget_settings(
         target_strong_rate=target_strong_rate,
         window=window,
