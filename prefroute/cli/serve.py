@@ -100,6 +100,15 @@ def serve(
         "--state-url",
         help="redis://HOST:PORT/DB: replicas share the controller state (default in-process)",
     ),
+    log_dir: str = typer.Option(
+        None, "--log-dir", help="journal routed requests here (JSONL, rotated) for the loop"
+    ),
+    log_responses: bool = typer.Option(
+        False, "--log-responses", help="keep answer texts in the journal"
+    ),
+    shadow_rate: float = typer.Option(
+        0.0, "--shadow-rate", help="fraction of requests also sent to the other side"
+    ),
 ) -> None:
     """Serve routers behind POST /v1/chat/completions; request model router-NAME[-THRESHOLD]."""
     try:
@@ -133,6 +142,9 @@ def serve(
         host=host,
         port=port,
         budget=budget,
+        log_dir=log_dir,
+        log_responses=log_responses,
+        shadow_rate=shadow_rate,
     )
     if budget is not None and budget.state_url is not None:
         check_reachable(budget.state_url)

@@ -31,6 +31,7 @@ from prefroute.serve.errors import (
     redact,
     shorten,
 )
+from prefroute.serve.journal import after_completion, build_request_log, journal_stream
 from prefroute.serve.metrics import Metrics
 from prefroute.serve.routing import RouterTable, RoutingDecision, resolve_routers, routing_text
 from prefroute.serve.settings import ServeSettings
@@ -73,6 +74,7 @@ class ServerState:
             for name, router in self.table.routers.items()
         }
         self.metrics = Metrics(settings.latency_window)
+        self.request_log = build_request_log(settings, self.secrets)  # --log-dir: the loop
         self.created = int(time.time())
         self.budget = (
             budget.BudgetController(
@@ -93,6 +95,8 @@ class ServerState:
             logger.info("router %s warmed up in %.2f s", name, time.perf_counter() - started)
 
     async def aclose(self) -> None:
+        if self.request_log is not None:
+            await self.request_log.aclose()
         for batcher in self.batchers.values():
             await batcher.aclose()
         for upstream in self.upstreams.values():
@@ -169,6 +173,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
             snapshot["budget"] = await state.budget.snapshot()
         return snapshot
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        try:
+            if state.request_log is None:
+                raise ServeError("feedback needs a server started with --log-dir", status=404,
+                                 error_type="invalid_request_error", code="feedback_disabled")
+            return JSONResponse(state.request_log.record_feedback(await _read_body(request)))
+        except ServeError as e:
+            return state.error_response(e)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await _chat_completion(state, request)
@@ -233,15 +247,17 @@ async def _chat_completion(state: ServerState, request: Request) -> Response:
         }
         if stream:
             response = await upstream.open_stream(upstream_body)
-            return StreamingResponse(
-                _relay(state, upstream, response, decision, started),
-                media_type="text/event-stream",
-                headers=headers,
-            )
+            chunks = _relay(state, upstream, response, decision, started)
+            if state.request_log is not None:
+                chunks, headers["x-prefroute-request-id"] = journal_stream(
+                    state, decision, body, text, chunks, started)
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         data = await upstream.complete(upstream_body)
         data["model"] = decision.upstream_model
         if state.budget is not None:
             await state.budget.record_usage(decision.side, data.get("usage"))
+        if state.request_log is not None:
+            after_completion(state, decision, body, text, data, started)
         state.metrics.finished(200, time.perf_counter() - started)
         return JSONResponse(data, headers=headers)
     except ServeError as e:

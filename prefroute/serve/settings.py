@@ -86,6 +86,9 @@ class ServeSettings:
     latency_window: how many recent requests the latency percentiles cover.
     host, port: where ``prefroute serve`` listens.
     budget: the online threshold controller (a strong share or a spend rate to hold), or None.
+    log_dir, log_responses, shadow_rate, shadow_seed: the preference loop's request journal,
+        whether it keeps answer texts, the fraction of requests also sent to the other side
+        in the background, and that sampling's seed (``prefroute.serve.journal``).
     """
 
     routers: RoutersSpec
@@ -101,6 +104,10 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 6060
     budget: BudgetSettings | None = None
+    log_dir: str | Path | None = None
+    log_responses: bool = False
+    shadow_rate: float = 0.0
+    shadow_seed: int | None = None
 
     def __post_init__(self) -> None:
         owner = "ServeSettings"
