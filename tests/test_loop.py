@@ -264,3 +264,17 @@ def test_journal_rotates_and_a_torn_last_line_is_skipped(tmp_path):
     with pytest.raises(DataError, match=f"file {middle}, row"):
         list(iter_journal(tmp_path))
     assert os.access(files[0], os.R_OK)
+
+
+def test_serve_loop_settings_are_checked(tmp_path, six):
+    from prefroute.serve import ServeSettings, UpstreamSettings, create_app
+
+    directory = tmp_path / "r"
+    Router(make_router("random", strong_model=STRONG, weak_model=BASE_WEAK).fit(six)
+           ).save_pretrained(directory)
+    up = UpstreamSettings(base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigError, match="need --log-dir"):
+        create_app(ServeSettings(routers=[str(directory)], strong=up, weak=up, shadow_rate=0.5))
+    with pytest.raises(ConfigError, match="shadow_rate must be in"):
+        create_app(ServeSettings(routers=[str(directory)], strong=up, weak=up,
+                                 log_dir=tmp_path / "j", shadow_rate=1.5))
