@@ -235,6 +235,9 @@ def test_cli_update_and_compare_gate(six, tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "new"), str(tmp_path / "new"),
                                  "--outcomes", str(tmp_path / "bad.jsonl")])
     assert result.exit_code == 0 and "no significant difference" in result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
+                                 "--benchmark", "mt-bench", "--bootstrap", "200"])
+    assert result.exit_code in (0, 1) and "mt-bench: 72 prompts" in result.output
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x y z", "strong_score": "nan?"}\n')
     result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                  "--outcomes", str(tmp_path / "broken.jsonl")])
@@ -278,3 +281,20 @@ def test_serve_loop_settings_are_checked(tmp_path, six):
     with pytest.raises(ConfigError, match="shadow_rate must be in"):
         create_app(ServeSettings(routers=[str(directory)], strong=up, weak=up,
                                  log_dir=tmp_path / "j", shadow_rate=1.5))
+
+
+def test_cli_mf_update_replays_old_battles(six, mf_base, tmp_path):
+    base, fitted = mf_base
+    Router(fitted).save_pretrained(tmp_path / "mf")
+    base.take(np.arange(600)).write(tmp_path / "old.jsonl")
+    model_b = np.array(six.column("model_b"), dtype=object)
+    six.filter(model_b == NEW_MODEL).take(np.arange(120)).write(tmp_path / "new.jsonl")
+    result = CliRunner().invoke(app, [
+        "update", str(tmp_path / "mf"), "--data", str(tmp_path / "new.jsonl"), "--replay",
+        str(tmp_path / "old.jsonl"), "--replay-size", "100", "--epochs", "1", "--no-clean",
+        "--out", str(tmp_path / "mf-2")])
+    assert result.exit_code == 0, result.output
+    assert "update of mf: 120 new battles, 100 replayed" in result.output
+    updated = load_router(tmp_path / "mf-2")
+    assert NEW_MODEL in updated.predictor.models_
+    assert updated.training["lineage"][0]["n_replayed"] == 100
