@@ -340,6 +340,42 @@ def plot_incremental(study: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def swap_markdown(result: dict) -> str:
+    """APGR mean ± std [min, max] over held-out models per k, and update vs retrain time."""
+    summary, study = result["summary"], result["study"]
+    methods = list(summary[str(study["ks"][0])])
+    lines = ["| k | " + " | ".join(methods) + " |", "|---:|" + "---|" * len(methods)]
+    for k in study["ks"]:
+        row = summary[str(k)]
+        lines.append(f"| {k} | " + " | ".join(
+            f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f} [{row[m]['min']:.2f}, {row[m]['max']:.2f}]"
+            for m in methods) + " |")
+    refs = ", ".join(f"{r} {summary[r]['mean']:.3f} ± {summary[r]['std']:.3f}"
+                     for r in ("random", "length", "oracle"))
+    lines += ["", f"References on the same prompts (mean ± std over models): {refs}.", "",
+              "| k | sw_bt swap s | sw_bt retrain s | ratio | mf swap s | mf retrain s | ratio |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in study["ks"]:
+        row = summary[str(k)]
+        cells = []
+        for router in ("sw_bt", "mf"):
+            swap, full = row[f"{router} swap"]["seconds"], row[f"{router} retrain"]["seconds"]
+            cells += [f"{swap:.3f}", f"{full:.2f}", f"{100 * swap / full:.1f}%"]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def incremental_markdown(result: dict) -> str:
+    keys = ("sw_bt update", "sw_bt retrain", "mf update", "mf retrain")
+    lines = ["| step | battles | " + " | ".join(f"{k} APGR [95% CI] (s)" for k in keys) + " |",
+             "|---:|---:|" + "---|" * len(keys)]
+    for step in result["steps"]:
+        lines.append(f"| {step['step']} | {step['n_battles']:,} | " + " | ".join(
+            f"{step[k]['apgr']:.3f} [{step[k]['ci'][0]:.3f}, {step[k]['ci'][1]:.3f}] "
+            f"({step[k]['seconds']:.2f})" for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -347,7 +383,8 @@ def main() -> None:
     parser.add_argument("--pro-models", type=int, default=8, help="held-out MMLU-Pro models")
     parser.add_argument("--pro-questions", type=int, default=1000,
                         help="MMLU-Pro question pool (seeded sample)")
-    parser.add_argument("--parts", default="alpaca,pro,incremental")
+    parser.add_argument("--parts", default="alpaca,pro,incremental",
+                        help="what to run; 'report' only prints the tables of the saved JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "loop")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "figures")
     args = parser.parse_args()
@@ -364,7 +401,8 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     import os
 
-    results["load"] = os.getloadavg()
+    if parts - {"report"}:
+        results["load"] = os.getloadavg()  # 1, 5, 15-minute load averages at the start
 
     if "alpaca" in parts:
         battles = apply_aliases(load_source("alpaca_eval", args.data_dir), ModelAliases())
@@ -409,6 +447,11 @@ def main() -> None:
         results["incremental"] = incremental_study(args.data_dir)
         plot_incremental(results["incremental"], args.figures / "loop_incremental_mmlu.png")
         path.write_text(json.dumps(results, indent=1))
+    for key, title in (("alpaca_swap", "AlpacaEval swap"), ("mmlu_pro_swap", "MMLU-Pro swap")):
+        if key in results:
+            print(f"\n### {title}\n\n{swap_markdown(results[key])}")
+    if "incremental" in results:
+        print(f"\n### Incremental update\n\n{incremental_markdown(results['incremental'])}")
     print(f"wrote {path}")
 
 
