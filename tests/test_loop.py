@@ -298,3 +298,39 @@ def test_cli_mf_update_replays_old_battles(six, mf_base, tmp_path):
     updated = load_router(tmp_path / "mf-2")
     assert NEW_MODEL in updated.predictor.models_
     assert updated.training["lineage"][0]["n_replayed"] == 100
+
+
+def test_feedback_survives_a_restart_and_becomes_battles(tmp_path):
+    from data_aug.from_log import feedback_battles
+    from prefroute.serve.errors import ServeError
+    from prefroute.serve.journal import RequestLog
+
+    journal = RotatingJournal(tmp_path)
+    log = RequestLog(journal)
+    common = {"router_name": "r", "threshold": 0.5, "strong_model": STRONG,
+              "weak_model": BASE_WEAK, "started": 0.0, "usage": None, "response": None,
+              "stream": False}
+    log.record_request(request_id="a", text="Explain photosynthesis briefly.",
+                       strong_win_prob=0.7, side="strong", model=STRONG, **common)
+    log.record_request(request_id="b", text="Name three prime numbers.",
+                       strong_win_prob=0.2, side="weak", model=BASE_WEAK, **common)
+    journal.close()
+    restarted = RequestLog(RotatingJournal(tmp_path))  # a new server on the same folder
+    assert restarted.known_ids == {"a", "b"}
+    restarted.record_feedback({"id": "a", "preferred": "other"})
+    restarted.record_feedback({"id": "b", "score": 0.9})
+    restarted.record_feedback({"id": "b", "score": 0.2})  # changed their mind: the last counts
+    with pytest.raises(ServeError) as unknown:
+        restarted.record_feedback({"id": "zzz", "preferred": "this"})
+    assert unknown.value.status == 404
+    for bad in ({"id": "a"}, {"id": "a", "preferred": "yes"}, {"id": "a", "score": -1},
+                {"id": "a", "preferred": "this", "score": 1}, {"id": 3, "score": 1}):
+        with pytest.raises(ServeError) as invalid:
+            restarted.record_feedback(bad)
+        assert invalid.value.status == 400
+    restarted.journal.close()
+    battles = feedback_battles(tmp_path)
+    rows = {r["prompt"]: r for r in battles.to_records()}
+    assert rows["Explain photosynthesis briefly."]["winner"] == "model_b"  # the weak side won
+    assert rows["Name three prime numbers."]["p_b_wins"] == pytest.approx(0.2)
+    assert set(battles.column("source")) == {"feedback"}

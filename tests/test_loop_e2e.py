@@ -97,6 +97,23 @@ def test_the_loop_end_to_end(checkpoint, alpaca_battles, tmp_path):
                 assert request["response"].startswith(f"{request['side']}-up/")
             assert all(r["text"] in asked and r["usage"] for r in requests)
 
+            # a streamed answer is journalled once the stream ends; its id is in a header
+            with client.chat.completions.with_streaming_response.create(
+                    model="router-loop", stream=True,
+                    messages=[{"role": "user", "content": prompts[-1]}]) as streamed:
+                stream_id = streamed.headers["x-prefroute-request-id"]
+                text = "".join(c.choices[0].delta.content or "" for c in streamed.parse()
+                               if c.choices)
+            deadline = time.monotonic() + 10
+            while stream_id not in {r["id"] for r in _records(log_dir, "request")}:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            (record,) = [r for r in _records(log_dir, "request") if r["id"] == stream_id]
+            assert record["stream"] and record["response"] == text and text
+            n_shadow += record["shadow"]  # the streamed request may be shadowed too
+            while len(_records(log_dir, "shadow")) < n_shadow and time.monotonic() < deadline:
+                time.sleep(0.05)
+
             feedback_url = f"{server.url}/v1/feedback"
             verdicts = [{"id": ids[0], "preferred": "this"}, {"id": ids[1], "preferred": "other"},
                         {"id": ids[2], "score": 0.25}]
