@@ -8,6 +8,7 @@ import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
+from prefroute.data.aliases import ModelAliases
 from prefroute.errors import ConfigError
 from prefroute.io import check_output_dir, staged_output_dir
 from prefroute.loop.update import update_router
@@ -60,6 +61,9 @@ def update(
         raise ConfigError("swap one side at a time: give --strong-model or --weak-model")
     check_output_dir(out, overwrite=overwrite, inputs=[checkpoint])  # fail before any work
     router = load_router(checkpoint)
+    aliases = ModelAliases()  # battles are canonicalised on load: so are the swapped names
+    strong_model = None if strong_model is None else aliases.canonical(strong_model)
+    weak_model = None if weak_model is None else aliases.canonical(weak_model)
     strong = strong_model or router.strong_model
     weak = weak_model or router.weak_model
     battles = _load(data, data_dir, strong, weak, not no_clean)
