@@ -107,9 +107,9 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
     return out, best
 
 
-def pick_models(models: list[str], exclude: set[str], n: int) -> list[str]:
-    """n models spread evenly over the sorted list (deterministic)."""
-    pool = [m for m in sorted(models) if m not in exclude]
+def pick_models(strength: dict[str, float], exclude: set[str], n: int) -> list[str]:
+    """n models spread evenly over the range of ``strength`` (deterministic)."""
+    pool = sorted((m for m in strength if m not in exclude), key=lambda m: (strength[m], m))
     idx = np.linspace(0, len(pool) - 1, n).round().astype(int)
     return [pool[i] for i in idx]
 
@@ -406,7 +406,17 @@ def main() -> None:
 
     if "alpaca" in parts:
         battles = apply_aliases(load_source("alpaca_eval", args.data_dir), ModelAliases())
-        held = pick_models(battles.models(), {ALPACA_STRONG, ALPACA_BASE_WEAK}, args.models)
+        # held-out models must be weaker than the strong model (mean judge preference < 0.5);
+        # for a model that beats it, "strong" and "weak" swap and APGR is not defined
+        p_b = battles.numeric("p_b_wins")
+        model_b = np.array(battles.column("model_b"), dtype=object)
+        preference = {m: float(p_b[model_b == m].mean()) for m in set(model_b)}
+        stronger = {m for m, p in preference.items() if p >= 0.5}
+        print(f"[alpaca] not held out (as good as or better than the strong model): "
+              f"{sorted(stronger)}")
+        held = pick_models(preference, {ALPACA_STRONG, ALPACA_BASE_WEAK} | stronger,
+                           args.models)
+        print(f"[alpaca] held out: {[(m, round(preference[m], 3)) for m in held]}")
 
         def alpaca_scores(_m, part):
             p_b = part.numeric("p_b_wins")
@@ -428,7 +438,10 @@ def main() -> None:
         pool = table.subset(np.sort(rng.permutation(len(table))[: args.pro_questions]))
         others = [m for m in pool.models if m != PRO_STRONG]
         battles = Battles.concat([golden_battles(pool, PRO_STRONG, m) for m in others])
-        held = pick_models(others, {PRO_BASE_WEAK}, args.pro_models)
+        accuracy = {m: np.nanmean(pool.column(m)) for m in pool.models}
+        stronger = {m for m in others if accuracy[m] >= accuracy[PRO_STRONG]}
+        held = pick_models({m: accuracy[m] for m in others}, {PRO_BASE_WEAK} | stronger,
+                           args.pro_models)
         index = {p: i for i, p in enumerate(pool.prompts)}
 
         def pro_scores(m, part):
