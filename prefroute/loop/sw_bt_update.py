@@ -27,12 +27,16 @@ def _row_digests(embeddings: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in np.ascontiguousarray(embeddings)]
 
 
-def append_battles(router: SWBTRouter, battles: Battles) -> SWBTRouter:
+def append_battles(
+    router: SWBTRouter, battles: Battles, *, strong_model: str | None = None,
+    weak_model: str | None = None,
+) -> SWBTRouter:
     """A copy of the fitted ``router`` with ``battles`` added to its index and tables.
 
     Models the router has not seen get a group of their own (with tiers too: a new model is
     not re-tiered, since that would need the global ratings refitted). Battles within one
-    group carry no information and are skipped, as in ``fit``.
+    group carry no information and are skipped, as in ``fit``. ``strong_model`` /
+    ``weak_model`` change the copy's pair (both must be among its models).
     """
     if not router.is_fitted:
         raise ConfigError("append_battles needs a fitted SWBTRouter")
@@ -107,6 +111,11 @@ def append_battles(router: SWBTRouter, battles: Battles) -> SWBTRouter:
     new = copy.copy(router)
     new.group_of_model_ = group_of
     new.n_groups_ = n_groups
+    new.strong_model = strong_model or router.strong_model
+    new.weak_model = weak_model or router.weak_model
+    for role in ("strong_model", "weak_model"):
+        if getattr(new, role) not in group_of:
+            raise DataError(f"{role} {getattr(new, role)!r} appears in none of the battles")
     pair_groups = np.stack([codes // n_groups, codes % n_groups], axis=1)
     new._set_state(all_embeddings, counts, pair_groups, index_kind=router.index_kind_)
     if router.index_ is not None:
@@ -147,17 +156,14 @@ def swap_model(router: SWBTRouter, battles: Battles, *, role: str, model: str) -
             f"model {model!r} appears in none of the {len(battles)} battles "
             f"(models there: {battles.models()[:10]})"
         )
-    new = append_battles(router, battles)
-    other = new.weak_model if role == "strong" else new.strong_model
+    other = router.weak_model if role == "strong" else router.strong_model
     if model == other:
         raise ConfigError(f"{model!r} is already the {'weak' if role == 'strong' else 'strong'} "
                           "model of this router")
+    new = append_battles(router, battles, **{f"{role}_model": model})
     if not pair_is_connected(new, model, other):
         raise DataError(
             f"no battle joins {model!r} to {other!r}, directly or through other models: "
             "the router cannot rate one against the other"
         )
-    setattr(new, f"{role}_model", model)
-    new._set_state(new.prompt_embeddings_, new.pair_counts_, new.pair_groups_,
-                   index_kind=new.index_kind_)
     return new
