@@ -60,8 +60,7 @@ class UpdateReport:
     n_replayed: int = 0
 
     def line(self) -> str:
-        swap = "".join(f", {role} {old!r} -> {new!r}" for role, (old, new) in
-                       ((r, tuple(v.split(" -> "))) for r, v in self.replaced.items()))
+        swap = "".join(f", {role}: {change}" for role, change in self.replaced.items())
         return (f"{self.kind} of {self.router_type}: {self.n_battles:,} new battles"
                 f"{f', {self.n_replayed:,} replayed' if self.n_replayed else ''}{swap} "
                 f"in {self.seconds:.2f} s")
