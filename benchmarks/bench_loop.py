@@ -41,6 +41,9 @@ METHODS = ("swap", "retrain", "k-only")
 #: held-out models trail the strong model by at least this much (mean judge preference or
 #: accuracy): with a smaller gap APGR divides by almost nothing and explodes
 MIN_GAP = 0.05
+ALPACA_TITLE = "New-model swap on AlpacaEval judge battles (strong model: gpt-4-1106-preview)"
+PRO_TITLE = ("New-model swap on MMLU-Pro golden battles (strong model: " + PRO_STRONG
+             + ", {:,} questions)")
 
 
 def apgr_of(strong: np.ndarray, weak: np.ndarray, probs: np.ndarray) -> float:
@@ -276,30 +279,38 @@ def plot_swap(study: dict, summary: dict, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = study["ks"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), sharey=True)
+    # the swap is drawn wide and the retrain dashed on top: where they coincide, both show
+    style = {"swap": {"lw": 4, "alpha": 0.6, "ls": "-", "marker": "o", "ms": 9},
+             "retrain": {"lw": 1.5, "ls": "--", "marker": "x", "ms": 7},
+             "k-only": {"lw": 1.5, "ls": "-", "marker": "o", "ms": 5}}
     for ax, router in zip(axes, ("sw_bt", "mf"), strict=True):
         for method in METHODS:
             key = f"{router} {method}"
             mean = np.array([summary[str(k)][key]["mean"] for k in ks])
             std = np.array([summary[str(k)][key]["std"] for k in ks])
-            ax.plot(ks, mean, "o-", color=COLOURS[method], label=f"{router} {method} "
-                    + {"swap": "(update: new model only)", "retrain": "(full retrain + k)",
+            ax.plot(ks, mean, color=COLOURS[method], **style[method], label=f"{method} "
+                    + {"swap": "(update: only the new model is learnt)",
+                       "retrain": "(full retrain on all battles + the k)",
                        "k-only": "(trained on the k battles only)"}[method])
-            ax.fill_between(ks, mean - std, mean + std, color=COLOURS[method], alpha=0.15)
+            ax.fill_between(ks, mean - std, mean + std, color=COLOURS[method], alpha=0.12)
         knn = np.array([summary[str(k)]["kNN on k"]["mean"] for k in ks])
         ax.plot(ks, knn, "s--", color=COLOURS["kNN on k"], label="kNN on the k labels")
-        ax.axhline(summary["random"]["mean"], color="grey", ls=":", label="random (0.5)")
+        ax.axhline(summary["random"]["mean"], color="grey", ls=":",
+                   label="random (mean of 10 seeds)")
         ax.axhline(summary["length"]["mean"], color="black", ls="-.", lw=1,
                    label="prompt length")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k = battles of the new model given")
-        ax.set_title(f"{router}")
+        ax.set_title(f"{router} (bands: ± 1 std over held-out models)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel(f"APGR on its other prompts (mean ± std over {len(study['runs'])} models)")
+    axes[0].set_ylabel(f"APGR on its other prompts (mean over {len(study['runs'])} models)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -319,7 +330,8 @@ def plot_incremental(study: dict, path: Path) -> None:
     for key, (colour, ls) in styles.items():
         apgrs = np.array([s[key]["apgr"] for s in steps])
         ci = np.array([s[key]["ci"] for s in steps])
-        ax.plot(x, apgrs, marker="o", color=colour, ls=ls, label=key)
+        wide = {"lw": 4, "alpha": 0.6} if ls == "-" else {"lw": 1.5}  # both show if equal
+        ax.plot(x, apgrs, marker="o", color=colour, ls=ls, label=key, **wide)
         if "update" in key:
             ax.fill_between(x, ci[:, 0], ci[:, 1], color=colour, alpha=0.12)
         bx.plot(x, [s[key]["seconds"] for s in steps], marker="o", color=colour, ls=ls,
@@ -438,8 +450,7 @@ def main() -> None:
         study = swap_study("alpaca", battles, ALPACA_STRONG, ALPACA_BASE_WEAK, held,
                            alpaca_scores)
         results["alpaca_swap"] = {"study": study, "summary": summarise(study)}
-        plot_swap(study, results["alpaca_swap"]["summary"],
-                  "New-model swap on AlpacaEval judge battles (vs gpt-4-1106-preview)",
+        plot_swap(study, results["alpaca_swap"]["summary"], ALPACA_TITLE,
                   args.figures / "loop_swap_alpaca.png")
         path.write_text(json.dumps(results, indent=1))
 
@@ -463,14 +474,23 @@ def main() -> None:
         results["mmlu_pro_swap"] = {"study": study, "summary": summarise(study),
                                     "n_questions": args.pro_questions}
         plot_swap(study, results["mmlu_pro_swap"]["summary"],
-                  f"New-model swap on MMLU-Pro golden battles (vs {PRO_STRONG}, "
-                  f"{args.pro_questions:,} questions)", args.figures / "loop_swap_mmlu_pro.png")
+                  PRO_TITLE.format(args.pro_questions), args.figures / "loop_swap_mmlu_pro.png")
         path.write_text(json.dumps(results, indent=1))
 
     if "incremental" in parts:
         results["incremental"] = incremental_study(args.data_dir)
         plot_incremental(results["incremental"], args.figures / "loop_incremental_mmlu.png")
         path.write_text(json.dumps(results, indent=1))
+    if "report" in parts:  # redraw every figure from the saved results
+        if "alpaca_swap" in results:
+            plot_swap(results["alpaca_swap"]["study"], results["alpaca_swap"]["summary"],
+                      ALPACA_TITLE, args.figures / "loop_swap_alpaca.png")
+        if "mmlu_pro_swap" in results:
+            plot_swap(results["mmlu_pro_swap"]["study"], results["mmlu_pro_swap"]["summary"],
+                      PRO_TITLE.format(results["mmlu_pro_swap"]["n_questions"]),
+                      args.figures / "loop_swap_mmlu_pro.png")
+        if "incremental" in results:
+            plot_incremental(results["incremental"], args.figures / "loop_incremental_mmlu.png")
     for key, title in (("alpaca_swap", "AlpacaEval swap"), ("mmlu_pro_swap", "MMLU-Pro swap")):
         if key in results:
             print(f"\n### {title}\n\n{swap_markdown(results[key])}")
