@@ -238,6 +238,10 @@ def test_cli_update_and_compare_gate(six, tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                  "--benchmark", "mt-bench", "--bootstrap", "200"])
     assert result.exit_code in (0, 1) and "mt-bench: 72 prompts" in result.output
+    (tmp_path / "new.jsonl").rename(tmp_path / "moved.jsonl")  # a recorded source is gone
+    again = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
+                                "--benchmark", "mt-bench", "--bootstrap", "200"])
+    assert again.exit_code in (0, 1) and "mt-bench: 72 prompts" in again.output
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x y z", "strong_score": "nan?"}\n')
     result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                  "--outcomes", str(tmp_path / "broken.jsonl")])

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
+from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
+from prefroute.data.loaders import NAMED_SOURCES
 from prefroute.errors import ConfigError
 from prefroute.evaluate import prepare_eval_set
 from prefroute.loop.compare import compare_probabilities, probabilities, read_outcomes_file
@@ -16,12 +18,18 @@ from prefroute.training import load_training_battles
 
 
 def _training_prompts(routers, data_dir: Path) -> list[str] | None:
+    """The prompts of both routers' recorded sources (named sources or files still present)."""
     prompts: set[str] = set()
     for router in routers:
-        sources = (router.training or {}).get("sources") or []
-        if sources:
-            battles = load_training_battles(sources, data_dir, strong_model=router.strong_model,
-                                            weak_model=router.weak_model, clean=False)
+        for source in (router.training or {}).get("sources") or []:
+            is_named = source in NAMED_SOURCES
+            if not is_named and not Path(source).is_file():
+                logger.warning("compare: training source %r is not here; its prompts are not "
+                               "decontaminated against", source)
+                continue
+            battles = load_training_battles([source], data_dir, clean=False,
+                                            strong_model=router.strong_model,
+                                            weak_model=router.weak_model)
             prompts.update(battles.prompts)
     return sorted(prompts) or None
 
