@@ -135,7 +135,7 @@ def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def test_mf_swap_learns_only_the_new_vector_and_fits_its_battles(six, mf_base):
+def test_mf_swap_learns_only_the_new_vector_and_fits_its_battles(six, mf_base, tmp_path):
     _, fitted = mf_base
     model_b = np.array(six.column("model_b"), dtype=object)
     own = six.filter(model_b == NEW_MODEL)
@@ -154,6 +154,12 @@ def test_mf_swap_learns_only_the_new_vector_and_fits_its_battles(six, mf_base):
     learned = _log_loss(swapped.pair_proba(rest.prompts, STRONG, NEW_MODEL), y)
     prior = _log_loss(prior_only.pair_proba(rest.prompts, STRONG, NEW_MODEL), y)
     assert learned < prior
+    # the swapped router saves and loads like any other (config.json + safetensors)
+    swapped.weak_model = NEW_MODEL
+    swapped.save_pretrained(tmp_path / "swapped")
+    reloaded = load_router(tmp_path / "swapped")
+    np.testing.assert_array_equal(reloaded.strong_win_prob(rest.prompts[:50]),
+                                  swapped.predict_proba(rest.prompts[:50]))
     with pytest.raises(DataError, match="against a model the router"):
         learn_model_vector(fitted, Battles.from_records([{
             "prompt": "hello, how are you today", "model_a": "u-1", "model_b": "u-2",
