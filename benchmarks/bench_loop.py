@@ -187,6 +187,39 @@ def swap_study(name: str, battles, strong: str, base_weak: str, held_out: list[s
     return out
 
 
+def swap_timing(battles, strong: str, base_weak: str, held_out: list[str], k: int = 100,
+                repeats: int = 7, seed: int = 0) -> dict:
+    """sw_bt swap vs sw_bt retrain on the union, each the least of ``repeats`` interleaved
+    runs (both are fractions of a second; the minimum is the least noisy on a busy machine)."""
+    from prefroute.data.battles import Battles
+    from prefroute.loop.sw_bt_update import swap_model
+
+    memo_embedder().encode(sorted(set(battles.prompts)))  # time fitting, not embedding
+    model_a = np.array(battles.column("model_a"), dtype=object)
+    model_b = np.array(battles.column("model_b"), dtype=object)
+    rows = []
+    for m in held_out:
+        involved = (model_a == m) | (model_b == m)
+        base, own = battles.filter(~involved), battles.filter(involved)
+        given = own.take(np.random.default_rng(seed).permutation(len(own))[:k])
+        fitted = train_router("sw_bt", base, strong_model=strong, weak_model=base_weak)
+        union = Battles.concat([base, given])
+        swap_s, retrain_s = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            swap_model(fitted, given, role="weak", model=m)
+            swap_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            train_router("sw_bt", union, strong_model=strong, weak_model=m)
+            retrain_s.append(time.perf_counter() - started)
+        rows.append({"model": m, "swap_s": min(swap_s), "retrain_s": min(retrain_s),
+                     "swap_median_s": float(np.median(swap_s)),
+                     "retrain_median_s": float(np.median(retrain_s))})
+        print(f"[timing] {m}: swap {min(swap_s) * 1e3:.1f} ms, retrain "
+              f"{min(retrain_s) * 1e3:.1f} ms", flush=True)
+    return {"k": k, "repeats": repeats, "rows": rows}
+
+
 def _strong_win_label(battles, strong: str) -> np.ndarray:
     """1 when the strong model won (soft label where there is one, ties 0.5)."""
     a_is_strong = np.array(battles.column("model_a"), dtype=object) == strong
@@ -399,7 +432,8 @@ def main() -> None:
     parser.add_argument("--pro-questions", type=int, default=1000,
                         help="MMLU-Pro question pool (seeded sample)")
     parser.add_argument("--parts", default="alpaca,pro,incremental",
-                        help="what to run; 'report' only prints the tables of the saved JSON")
+                        help="what to run (alpaca, pro, incremental, timing: sw_bt swap vs retrain "
+                        "timed side by side); 'report' prints the tables of the saved JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "loop")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="results.json files of other runs to merge into --out")
@@ -427,7 +461,7 @@ def main() -> None:
     if parts - {"report"}:
         results["load"] = os.getloadavg()  # 1, 5, 15-minute load averages at the start
 
-    if "alpaca" in parts:
+    if parts & {"alpaca", "timing"}:
         battles = apply_aliases(load_source("alpaca_eval", args.data_dir), ModelAliases())
         # held-out models must be weaker than the strong model (mean judge preference < 0.5);
         # for a model that beats it, "strong" and "weak" swap and APGR is not defined
@@ -447,6 +481,11 @@ def main() -> None:
             weak_pref = np.where(a_is_strong, p_b, 1.0 - p_b)
             return 1.0 - weak_pref, weak_pref
 
+        if "timing" in parts:
+            results["alpaca_sw_bt_timing"] = swap_timing(battles, ALPACA_STRONG,
+                                                         ALPACA_BASE_WEAK, held)
+            path.write_text(json.dumps(results, indent=1))
+    if "alpaca" in parts:
         study = swap_study("alpaca", battles, ALPACA_STRONG, ALPACA_BASE_WEAK, held,
                            alpaca_scores)
         results["alpaca_swap"] = {"study": study, "summary": summarise(study)}
@@ -494,6 +533,16 @@ def main() -> None:
     for key, title in (("alpaca_swap", "AlpacaEval swap"), ("mmlu_pro_swap", "MMLU-Pro swap")):
         if key in results:
             print(f"\n### {title}\n\n{swap_markdown(results[key])}")
+    if "alpaca_sw_bt_timing" in results:
+        timing = results["alpaca_sw_bt_timing"]
+        swap = np.array([r["swap_s"] for r in timing["rows"]])
+        full = np.array([r["retrain_s"] for r in timing["rows"]])
+        print(f"\n### sw_bt swap vs retrain, AlpacaEval, k = {timing['k']} (least of "
+              f"{timing['repeats']} interleaved runs)\n\nswap {1e3 * swap.mean():.1f} ms "
+              f"(range {1e3 * swap.min():.1f}-{1e3 * swap.max():.1f}), retrain "
+              f"{1e3 * full.mean():.1f} ms ({1e3 * full.min():.1f}-{1e3 * full.max():.1f}); "
+              f"swap / retrain {100 * (swap / full).mean():.1f}% "
+              f"({100 * (swap / full).min():.1f}-{100 * (swap / full).max():.1f}%)")
     if "incremental" in results:
         print(f"\n### Incremental update\n\n{incremental_markdown(results['incremental'])}")
     print(f"wrote {path}")
