@@ -234,13 +234,20 @@ def test_cli_update_and_compare_gate(six, tmp_path):
     verdict = json.loads(result.output)
     assert result.exit_code == (1 if verdict["verdict"] == "worse" else 0)
     assert verdict["n_prompts"] == len(rest)
-    # a router compared with a clearly worse one: exit status 1
-    (tmp_path / "bad.jsonl").write_text("".join(
-        json.dumps({"prompt": p, "strong_score": 1.0 if i % 2 else 0.0, "weak_score": 0.5}) + "\n"
-        for i, p in enumerate(rest.prompts)))
-    result = runner.invoke(app, ["compare", str(tmp_path / "new"), str(tmp_path / "new"),
-                                 "--outcomes", str(tmp_path / "bad.jsonl")])
-    assert result.exit_code == 0 and "no significant difference" in result.output
+    # outcomes on which OLD ranks well: a random NEW router is significantly worse (exit 1)
+    old_probs = load_router(tmp_path / "old").strong_win_prob(rest.prompts)
+    (tmp_path / "gate.jsonl").write_text("".join(
+        json.dumps({"prompt": p, "strong_score": float(q >= np.median(old_probs)),
+                    "weak_score": 0.25}) + "\n" for p, q in zip(rest.prompts, old_probs,
+                                                               strict=True)))
+    Router(make_router("random", strong_model=STRONG, weak_model=BASE_WEAK, seed=1).fit(base)
+           ).save_pretrained(tmp_path / "random")
+    result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "random"),
+                                 "--outcomes", str(tmp_path / "gate.jsonl"), "--bootstrap", "300"])
+    assert result.exit_code == 1 and "NEW is worse than OLD" in result.output, result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "random"), str(tmp_path / "old"),
+                                 "--outcomes", str(tmp_path / "gate.jsonl"), "--bootstrap", "300"])
+    assert result.exit_code == 0 and "NEW is better than OLD" in result.output
     result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                  "--benchmark", "mt-bench", "--bootstrap", "200"])
     assert result.exit_code in (0, 1) and "mt-bench: 72 prompts" in result.output
@@ -248,6 +255,12 @@ def test_cli_update_and_compare_gate(six, tmp_path):
     again = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                 "--benchmark", "mt-bench", "--bootstrap", "200"])
     assert again.exit_code in (0, 1) and "mt-bench: 72 prompts" in again.output
+    (tmp_path / "tied.jsonl").write_text("".join(
+        json.dumps({"prompt": p, "strong_score": 1, "weak_score": 1}) + "\n"
+        for p in rest.prompts))
+    result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
+                                 "--outcomes", str(tmp_path / "tied.jsonl")])
+    assert isinstance(result.exception, DataError) and "undefined" in str(result.exception)
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x y z", "strong_score": "nan?"}\n')
     result = runner.invoke(app, ["compare", str(tmp_path / "old"), str(tmp_path / "new"),
                                  "--outcomes", str(tmp_path / "broken.jsonl")])

@@ -55,8 +55,8 @@ class Comparison:
             f"  OLD APGR {self.old_apgr:.4f}   NEW APGR {self.new_apgr:.4f}",
             f"  NEW - OLD = {self.difference:+.4f}  ({pct}% paired bootstrap CI "
             f"[{self.ci[0]:+.4f}, {self.ci[1]:+.4f}], {self.n_bootstrap} resamples)",
-            f"  verdict: NEW is {self.verdict}"
-            + (" than OLD" if self.verdict in ("better", "worse") else ""),
+            "  verdict: " + (f"NEW is {self.verdict} than OLD"
+                             if self.verdict in ("better", "worse") else self.verdict),
         ]
 
 
@@ -85,6 +85,9 @@ def paired_apgr_difference(
     old = RankedOutcomes(strong_scores, weak_scores, old_probs)
     new = RankedOutcomes(strong_scores, weak_scores, new_probs)
     weak_q, strong_q = float(old.weak_scores.mean()), float(old.strong_scores.mean())
+    if weak_q == strong_q:
+        raise DataError(f"the strong and weak scores have the same mean ({strong_q:.4g}) on "
+                        "these prompts: APGR (the share of the gap recovered) is undefined")
     old_apgr = apgr(ranked_curve(old, points=rule), weak_q, strong_q)
     new_apgr = apgr(ranked_curve(new, points=rule), weak_q, strong_q)
     rng = np.random.default_rng(seed)
