@@ -431,7 +431,7 @@ def main() -> None:
     parser.add_argument("--pro-models", type=int, default=8, help="held-out MMLU-Pro models")
     parser.add_argument("--pro-questions", type=int, default=1000,
                         help="MMLU-Pro question pool (seeded sample)")
-    parser.add_argument("--parts", default="alpaca,pro,incremental",
+    parser.add_argument("--parts", default="alpaca,pro,incremental,timing",
                         help="what to run (alpaca, pro, incremental, timing: sw_bt swap vs retrain "
                         "timed side by side); 'report' prints the tables of the saved JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "loop")
