@@ -101,7 +101,8 @@ def test_03_exports_reloads_and_serves_over_http(tmp_path, data_dir):
     text = text_outputs(nb)
     assert "identical P(strong wins)" in text
     assert "10 requests:" in text and "servers stopped" in text
-    assert '"routing_latency"' in text and '"errors"' in text  # the /metrics JSON
+    assert '"routing_latency"' in text and '"errors"' in text  # the /metrics.json JSON
+    assert "prefroute_requests_total{" in text  # the Prometheus /metrics
 
 
 def test_04_routes_among_many_llms_with_aiq(tmp_path, data_dir):

@@ -18,7 +18,7 @@ from prefroute._logging import logger
 from prefroute.compat.names import routellm_model_alias
 from prefroute.errors import ConfigError
 from prefroute.router import Router, load_router
-from prefroute.serve.errors import InvalidRequestError
+from prefroute.serve.errors import InvalidRequestError, ModelNotFoundError
 from prefroute.serve.settings import RoutersSpec, UpstreamSettings
 
 MODEL_PREFIX = "router-"
@@ -132,7 +132,7 @@ class RouterTable:
             if sep and name in self.routers:
                 threshold = _parse_threshold(threshold_text, model)
                 return ResolvedModel(model, name, self.routers[name], threshold)
-        raise InvalidRequestError(
+        raise ModelNotFoundError(
             f"unknown model {model!r}: this server routes with {self._examples()} "
             f"(router-<name>-<threshold> picks a threshold in [0, 1]); GET /v1/models lists them",
             param="model",
