@@ -40,6 +40,10 @@ BUILTIN_ROUTERS = {
     "mf": "prefroute.routers.mf",
     "bert": "prefroute.routers.bert",
     "causal_llm": "prefroute.routers.causal_llm",
+    "knn": "prefroute.routers.knn",
+    "logistic": "prefroute.routers.logistic",
+    "length": "prefroute.routers.length",
+    "auto": "prefroute.routers.auto",
 }
 
 
