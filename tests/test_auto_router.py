@@ -109,3 +109,27 @@ def test_auto_rejects_bad_candidates(gsm8k_battles):
         with pytest.raises(ConfigError):
             AutoRouter(strong_model=STRONG, weak_model=WEAK, candidates=bad,
                        progress=False).fit(battles)
+
+
+def test_cli_train_defaults_to_auto_and_info_prints_the_oof_table(gsm8k_battles, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prefroute.cli.main import app
+
+    battles, _ = gsm8k_battles
+    data = tmp_path / "battles.jsonl"
+    battles.to_jsonl(data)
+    out = tmp_path / "auto"
+    params = json.dumps({"candidates": SMALL_CANDIDATES[1:], "n_folds": 3, "progress": False})
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(data), "--strong-model", STRONG,
+                                 "--weak-model", WEAK, "--out", str(out), "--params", params])
+    assert result.exit_code == 0, result.output
+    assert "training auto" in result.output
+    assert load_router(out).router_type == "auto"
+    shown = runner.invoke(app, ["info", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "type: auto" in shown.output and "| logistic | logistic |" in shown.output
+    assert "OOF APGR" in shown.output
