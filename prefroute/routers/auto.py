@@ -126,6 +126,8 @@ class AutoRouter(WinPredictor):
     calibration: ``"platt"`` (keeps the routing order), ``"isotonic"`` or ``"none"``.
     keep_candidates: also refit every candidate on all battles and keep them in memory as
         ``candidate_models_`` (for comparisons; never saved).
+    share_embeddings: embed each distinct prompt (and its surface features) once for all
+        candidates and folds; False lets every fit embed on its own (the slow, plain way).
     progress: show a tqdm bar.
 
     Attributes
@@ -142,7 +144,7 @@ class AutoRouter(WinPredictor):
                  candidates: list[dict[str, Any]] | None = None, n_folds: int = 5, seed: int = 0,
                  group_threshold: float = 0.95, combine: str = "auto", stack_c: float = 1.0,
                  calibration: str = "platt", keep_candidates: bool = False,
-                 progress: bool = True) -> None:
+                 share_embeddings: bool = True, progress: bool = True) -> None:
         super().__init__(strong_model=strong_model, weak_model=weak_model)
         self.embedder = embedder
         self.candidates = candidates
@@ -153,6 +155,7 @@ class AutoRouter(WinPredictor):
         self.stack_c = stack_c
         self.calibration = calibration
         self.keep_candidates = keep_candidates
+        self.share_embeddings = share_embeddings
         self.progress = progress
 
     # parameters ---------------------------------------------------------------------
@@ -167,6 +170,7 @@ class AutoRouter(WinPredictor):
         check_choice("calibration", owner, self.calibration, METHODS)
         check_choice("progress", owner, self.progress, (True, False))
         check_choice("keep_candidates", owner, self.keep_candidates, (True, False))
+        check_choice("share_embeddings", owner, self.share_embeddings, (True, False))
         candidates = list(DEFAULT_CANDIDATES) if self.candidates is None else self.candidates
         return _check_candidates(candidates, owner)
 
@@ -175,7 +179,7 @@ class AutoRouter(WinPredictor):
         cls = router_class(cand["router"])
         params = copy.deepcopy(cand.get("params") or {})
         accepted = cls._param_names()
-        if "embedder" in accepted:
+        if "embedder" in accepted and self.share_embeddings:
             default = inspect.signature(cls.__init__).parameters["embedder"].default
             params["embedder"] = _share_embedder(params.get("embedder", default), memo,
                                                  self._feature_memo)
