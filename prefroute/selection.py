@@ -4,7 +4,8 @@
 
 ``method="kmeans"`` (default)
     Cluster coverage: k-means with ``budget`` clusters over the prompts' embeddings
-    (wordllama + standardised surface features, so long and numeric prompts spread out too);
+    (wordllama + standardised surface features, so long and numeric prompts spread out too;
+    projected on their top 32 principal directions, which keeps k-means fast);
     from each cluster the prompt closest to its centre, or, with router probabilities, the
     one with the best mix of closeness and uncertainty.
 ``method="kcenter"``
@@ -26,6 +27,7 @@ from prefroute.embed.base import Embedder
 from prefroute.errors import ConfigError, check_choice, check_int, check_range
 
 METHODS = ("kmeans", "kcenter")
+PCA_DIMS = 32
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,14 @@ def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
 def _cluster_cover(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
                    weight: float) -> np.ndarray:
     from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
 
     if budget == len(x):
         return np.arange(len(x))
-    km = KMeans(n_clusters=budget, n_init=1, max_iter=50, random_state=seed).fit(x)
+    # k-means cost grows with n * budget * dim: cluster in the top principal directions
+    if x.shape[1] > PCA_DIMS and len(x) > PCA_DIMS:
+        x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x).astype(np.float32)
+    km = KMeans(n_clusters=budget, n_init=1, max_iter=30, random_state=seed).fit(x)
     dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
     closeness = 1.0 - dist / max(float(dist.max()), 1e-12)
     score = closeness if u is None else (1.0 - weight) * closeness + weight * u
