@@ -134,7 +134,8 @@ class AutoRouter(WinPredictor):
     ----------
     members_: fitted member WinPredictors; member_names_; mode_ ("select" or "stack");
     stack_weights_, stack_intercept_; calibrator_; oof_table_ (one dict per candidate plus
-    the stack); oof_probs_ [n_items, n_candidates], oof_labels_, oof_folds_.
+    the stack); oof_probs_ [n_items, n_ok] (columns: candidate_names_, the candidates that
+    did not fail), oof_labels_, oof_folds_.
     """
 
     router_type = "auto"
@@ -306,10 +307,11 @@ class AutoRouter(WinPredictor):
         self.stack_intercept_ = float(intercept)
         self.calibrator_ = calibrator
         self.oof_table_ = table
-        self.oof_probs_ = oof
+        # failed candidates have no OOF column: the stored table stays finite
+        self.oof_probs_ = oof[:, ok]
         self.oof_labels_ = labels
         self.oof_folds_ = item_fold
-        self.candidate_names_ = [c["name"] for c in candidates]
+        self.candidate_names_ = [candidates[j]["name"] for j in ok]
 
     def _oof_scores(self, probs: np.ndarray, labels: np.ndarray, folds: np.ndarray
                     ) -> dict[str, float]:
