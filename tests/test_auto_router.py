@@ -58,10 +58,15 @@ def test_knn_needs_pair_battles(gsm8k_battles):
 
 def test_auto_selects_the_candidate_with_the_best_oof_apgr(gsm8k_battles):
     battles, prompts = gsm8k_battles
-    auto = AutoRouter(strong_model=STRONG, weak_model=WEAK, candidates=SMALL_CANDIDATES,
-                      n_folds=3, combine="select", progress=False).fit(battles)
+    broken = {"name": "broken", "router": "sw_bt", "params": {"gamma": -1.0}}
+    auto = AutoRouter(strong_model=STRONG, weak_model=WEAK,
+                      candidates=[*SMALL_CANDIDATES, broken], n_folds=3, combine="select",
+                      progress=False).fit(battles)
     rows = {r["name"]: r for r in auto.oof_table_}
-    singles = [r for r in auto.oof_table_ if r["router"] != "stack"]
+    # a candidate that cannot fit is reported in the table and left out, not silently dropped
+    assert rows["broken"]["status"].startswith("failed") and "gamma" in rows["broken"]["status"]
+    assert auto.candidate_names_ == [c["name"] for c in SMALL_CANDIDATES]
+    singles = [r for r in auto.oof_table_ if r["router"] != "stack" and r["status"] == "ok"]
     best = max(singles, key=lambda r: r["oof_apgr"])
     assert auto.mode_ == "select" and auto.member_names_ == [best["name"]]
     assert rows[best["name"]]["chosen"]
