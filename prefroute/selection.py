@@ -6,8 +6,8 @@
     Cluster coverage: k-means with ``budget`` clusters over the prompts' embeddings
     (wordllama + standardised surface features, so long and numeric prompts spread out too;
     projected on their top 32 principal directions, which keeps k-means fast);
-    from each cluster the prompt closest to its centre, or, with router probabilities, the
-    one with the best mix of closeness and uncertainty.
+    from each cluster a seeded random member (stratified sampling), or, with router
+    probabilities, the member with the best mix of closeness to the centre and uncertainty.
 ``method="kcenter"``
     Greedy k-center (farthest-first) on cosine distance, each distance scaled by
     ``1 - w + w * uncertainty``.
@@ -110,9 +110,15 @@ def _cluster_cover(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
     if x.shape[1] > PCA_DIMS and len(x) > PCA_DIMS:
         x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x).astype(np.float32)
     km = KMeans(n_clusters=budget, n_init=1, max_iter=30, random_state=seed).fit(x)
-    dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
-    closeness = 1.0 - dist / max(float(dist.max()), 1e-12)
-    score = closeness if u is None else (1.0 - weight) * closeness + weight * u
+    if u is None:
+        # no router: a seeded random member per cluster. Stratified sampling keeps the pool's
+        # spread (lengths, difficulty) that medoids, the most typical prompts, lose; on MMLU
+        # medoid picks trained routers below random picks (benchmarks/RESULTS.md, issue 15).
+        score = np.random.default_rng(seed).random(len(x))
+    else:
+        dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
+        closeness = 1.0 - dist / max(float(dist.max()), 1e-12)
+        score = (1.0 - weight) * closeness + weight * u
     picks = []
     taken = np.zeros(len(x), dtype=bool)
     for c in range(budget):
