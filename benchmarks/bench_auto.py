@@ -16,7 +16,7 @@ with 95% CIs, CPT(50%), the paired bootstrap of auto - kNN, auto - length and au
 candidate, Brier scores before / after a cross-fitted Platt map, and reliability diagrams.
 
     nice -n 10 python benchmarks/bench_auto.py [--benchmarks mmlu,gsm8k,mmlu_pro]
-        [--inner-folds 3]
+        [--inner-folds 3] [--score-sources golden --out benchmarks/out/auto_golden.json]
 
 Writes ``benchmarks/out/auto.json`` and ``benchmarks/figures/auto_*.png``.
 """
@@ -83,7 +83,7 @@ def run_benchmark(bench: str, data_dir: Path, judge, args) -> dict:
         started = time.perf_counter()
         auto = AutoRouter(strong_model=PAIR_STRONG, weak_model=PAIR_WEAK,
                           n_folds=args.inner_folds, seed=args.seed, keep_candidates=True,
-                          progress=True).fit(train)
+                          score_sources=args.score_sources, progress=True).fit(train)
         fit_seconds.append(time.perf_counter() - started)
         chosen.append({"mode": auto.mode_, "members": auto.member_names_,
                        "oof_table": auto.oof_table_})
@@ -204,9 +204,12 @@ def main() -> None:
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score-sources", type=lambda v: v.split(","), default=None,
+                        help="auto's score_sources, e.g. golden (default: every pair battle)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "auto.json")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "figures")
     args = parser.parse_args()
+    args.suffix = "" if args.score_sources is None else "_" + "_".join(args.score_sources)
 
     from prefroute.evaluate.plots import plot_routing_curves
     from prefroute.evaluate.protocols import judge_battles
@@ -214,6 +217,7 @@ def main() -> None:
 
     judge = judge_battles(args.data_dir)
     out = {"load_average_start": os.getloadavg(), "inner_folds": args.inner_folds,
+           "score_sources": args.score_sources,
            "benchmarks": {}}
     for bench in args.benchmarks.split(","):
         started = time.perf_counter()
@@ -223,7 +227,7 @@ def main() -> None:
         shown = ["auto", "knn-golden (k=50)", "prompt-length",
                  out["benchmarks"][bench]["best_candidate"]]
         plot_routing_curves([res[n] for n in dict.fromkeys(shown)],
-                            args.figures / f"auto_{bench}.png",
+                            args.figures / f"auto{args.suffix}_{bench}.png",
                             title=f"{bench}: auto vs its best candidate and the baselines")
         text = markdown({"benchmarks": {bench: out["benchmarks"][bench]}})
         out["benchmarks"][bench]["markdown"] = text
@@ -232,7 +236,7 @@ def main() -> None:
         out["load_average_end"] = os.getloadavg()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, json.dumps(out, indent=1, default=float))
-    plot_reliability(out, args.figures / "auto_reliability.png")
+    plot_reliability(out, args.figures / f"auto{args.suffix}_reliability.png")
 
 
 if __name__ == "__main__":

@@ -138,3 +138,13 @@ def test_cli_train_defaults_to_auto_and_info_prints_the_oof_table(gsm8k_battles,
     assert shown.exit_code == 0, shown.output
     assert "type: auto" in shown.output and "| logistic | logistic |" in shown.output
     assert "OOF APGR" in shown.output
+
+
+def test_auto_score_sources_must_match_pair_battles(gsm8k_battles):
+    battles, _ = gsm8k_battles
+    with pytest.raises(ConfigError, match="score_sources"):
+        AutoRouter(strong_model=STRONG, weak_model=WEAK, candidates=SMALL_CANDIDATES,
+                   score_sources=["judge"], progress=False).fit(battles)
+    with pytest.raises(ConfigError, match="score_sources"):
+        AutoRouter(strong_model=STRONG, weak_model=WEAK, score_sources="golden",
+                   progress=False).fit(battles)

@@ -51,7 +51,7 @@ from prefroute.routers.auto_crossfit import (
     stack_predict,
 )
 from prefroute.routers.base import WinPredictor, register_router, router_class
-from prefroute.routers.pair_data import pair_rows
+from prefroute.routers.pair_data import PairRows, pair_rows
 
 _FEATURES = {"name": "features", "params": {"inner": "wordllama", "feature_weight": 0.5}}
 _GOLDEN_X30 = {"golden": 30.0}
@@ -128,6 +128,9 @@ class AutoRouter(WinPredictor):
         ``candidate_models_`` (for comparisons; never saved).
     share_embeddings: embed each distinct prompt (and its surface features) once for all
         candidates and folds; False lets every fit embed on its own (the slow, plain way).
+    score_sources: source prefixes (e.g. ``["golden"]``) whose pair battles define the
+        out-of-fold score: the battles that look like the traffic to route. None: every pair
+        battle. All battles still train every candidate.
     progress: show a tqdm bar.
 
     Attributes
@@ -145,7 +148,8 @@ class AutoRouter(WinPredictor):
                  candidates: list[dict[str, Any]] | None = None, n_folds: int = 5, seed: int = 0,
                  group_threshold: float = 0.95, combine: str = "auto", stack_c: float = 1.0,
                  calibration: str = "platt", keep_candidates: bool = False,
-                 share_embeddings: bool = True, progress: bool = True) -> None:
+                 share_embeddings: bool = True, score_sources: list[str] | None = None,
+                 progress: bool = True) -> None:
         super().__init__(strong_model=strong_model, weak_model=weak_model)
         self.embedder = embedder
         self.candidates = candidates
@@ -157,6 +161,7 @@ class AutoRouter(WinPredictor):
         self.calibration = calibration
         self.keep_candidates = keep_candidates
         self.share_embeddings = share_embeddings
+        self.score_sources = score_sources
         self.progress = progress
 
     # parameters ---------------------------------------------------------------------
@@ -172,6 +177,11 @@ class AutoRouter(WinPredictor):
         check_choice("progress", owner, self.progress, (True, False))
         check_choice("keep_candidates", owner, self.keep_candidates, (True, False))
         check_choice("share_embeddings", owner, self.share_embeddings, (True, False))
+        if self.score_sources is not None and (
+                not isinstance(self.score_sources, (list, tuple)) or not self.score_sources
+                or not all(isinstance(x, str) and x for x in self.score_sources)):
+            raise ConfigError(f"The 'score_sources' parameter of {owner} must be a non-empty "
+                              f"list of source prefixes or None. Got {self.score_sources!r}.")
         candidates = list(DEFAULT_CANDIDATES) if self.candidates is None else self.candidates
         return _check_candidates(candidates, owner)
 
@@ -207,6 +217,8 @@ class AutoRouter(WinPredictor):
         memo = MemoEmbedder(self.embedder)
         self._feature_memo = FeatureMemo()
         pairs = pair_rows(battles, self.strong_model, self.weak_model)
+        if self.score_sources is not None:
+            pairs = _from_sources(pairs, battles, list(self.score_sources))
         distinct, code = np.unique(np.array(battles.prompts, dtype=object), return_inverse=True)
         distinct = [str(p) for p in distinct]
         vectors = memo.encode(distinct)  # every prompt embedded once, for all candidates
@@ -409,6 +421,19 @@ class AutoRouter(WinPredictor):
         self.oof_labels_ = tensors.get("oof_labels")
         folds = tensors.get("oof_folds")
         self.oof_folds_ = None if folds is None else folds.astype(np.int64)
+
+
+def _from_sources(pairs: PairRows, battles: Battles, prefixes: list[str]) -> PairRows:
+    """The pair battles whose source starts with one of ``prefixes``."""
+    sources = battles.column("source")
+    keep = np.array([str(sources[r] or "").startswith(tuple(prefixes)) for r in pairs.rows],
+                    dtype=bool)
+    if not keep.any():
+        raise ConfigError(f"score_sources={prefixes}: no battle between the pair has such a "
+                          "source")
+    return PairRows(rows=pairs.rows[keep], prompts=[p for p, k in zip(pairs.prompts, keep,
+                                                                      strict=True) if k],
+                    labels=pairs.labels[keep], weights=pairs.weights[keep])
 
 
 def _share_embedder(spec: Any, memo: MemoEmbedder, features: FeatureMemo) -> Any:
