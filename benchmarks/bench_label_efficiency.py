@@ -108,6 +108,7 @@ def plot(results: dict, path: Path) -> Path:
                    label=f"all {r['pool']} pool labels")
         ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="random router (0.5)")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.set_xlabel("labelled prompts (golden labels)")
         ax.set_ylabel(f"APGR on {r['test']} held-out prompts")
@@ -129,7 +130,11 @@ def main() -> None:
                         default=ROOT / "benchmarks" / "out" / "label_efficiency.json")
     parser.add_argument("--figure", type=Path,
                         default=ROOT / "benchmarks" / "figures" / "label_efficiency.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from --out's JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["results"], args.figure)
+        return
     from prefroute.io import atomic_write_text
 
     started = time.perf_counter()
