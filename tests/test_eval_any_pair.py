@@ -70,7 +70,7 @@ def test_cli_eval_outcomes_file_with_pair_flags(trained, tmp_path):
                              table.column(ROUTELLM_WEAK)[i] > 0])
     result = CliRunner().invoke(app, ["eval", str(path), "--outcomes", str(file),
                                       "--strong-model", "big", "--weak-model", "small",
-                                      "--bootstrap", "0"])
+                                      "--bootstrap", "20"])
     assert result.exit_code == 0, result.output
     assert "training_prompts: 150" in result.output
     assert "warning" in result.output and "'big'" in result.output
