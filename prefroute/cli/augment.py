@@ -15,6 +15,7 @@ from data_aug.items import PromptItem, prompt_id, read_outputs, read_prompts
 from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
+from prefroute.cli.select import select
 from prefroute.data.outcomes import load_outcomes
 from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
 from prefroute.io import check_output_file
@@ -26,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command()(select)
 
 
 def _parse_where(where: list[str]) -> dict[str, list[str]]:

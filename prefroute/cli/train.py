@@ -16,7 +16,12 @@ from prefroute.training import load_training_battles, train_router, weight_sourc
 
 
 def train(
-    router: str = typer.Option(..., "--router", help="sw_bt, mf, random, bert or causal_llm"),
+    router: str = typer.Option(
+        "auto",
+        "--router",
+        help="auto (default: cross-fitted choice among sw_bt, mf, knn, logistic, length), "
+        "sw_bt, mf, knn, logistic, length, random, bert or causal_llm",
+    ),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -65,6 +70,9 @@ def train(
     ),
 ) -> None:
     """Train a router on battle data and save it as a checkpoint.
+
+    Without --router, trains ``auto``: it cross-fits the candidate routers and keeps the best
+    out of fold (or their stack); `prefroute info OUT` shows the out-of-fold table.
 
     Example: prefroute train --router mf --data alpaca_eval
     --data golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1
