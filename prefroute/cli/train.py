@@ -62,6 +62,19 @@ def train(
         None, "--max-train-battles", help="seeded subsample of the battles (neural routers)"
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
+    max_memory_gb: float | None = typer.Option(
+        None, "--max-memory-gb",
+        help="bert / causal_llm: memory a training step may use (default: half the RAM); "
+        "batches are cut into micro-batches to fit, or the run stops before training",
+    ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="bert / causal_llm: tokens per input (long prompts lose "
+        "their middle)",
+    ),
+    train_last_layers: int | None = typer.Option(
+        None, "--train-last-layers",
+        help="bert / causal_llm: train only the top N layers (default on a CPU: causal_llm 4)",
+    ),
     source_weight: list[str] = typer.Option(
         [],
         "--source-weight",
@@ -111,6 +124,9 @@ def train(
         "lora_r": lora_r,
         "max_train_battles": max_train_battles,
         "device": device,
+        "max_memory_gb": max_memory_gb,
+        "max_length": max_length,
+        "train_last_layers": train_last_layers,
     }
     for name, value in flags.items():
         if value is None:
