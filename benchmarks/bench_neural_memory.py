@@ -82,7 +82,8 @@ def run_training(name: str, code: Path, router: str, data: Path, extra: list[str
            "--strong-model", STRONG, "--weak-model", WEAK, "--out", str(ckpt), *extra]
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # -m puts the working folder first on sys.path: run from the code under test
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     wall = time.time() - start
     log.write_text(" ".join(cmd) + "\n\n" + proc.stdout + proc.stderr)
     peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
@@ -98,8 +99,9 @@ def run_training(name: str, code: Path, router: str, data: Path, extra: list[str
                       memory_plan=training.get("memory_plan"),
                       train_last_layers=training.get("train_last_layers"))
     else:
+        # the last error line of the run itself (/usr/bin/time's report lines are indented)
         tail = [ln for ln in (proc.stdout + proc.stderr).splitlines()
-                if "error" in ln.lower() or "memory" in ln.lower()]
+                if "error" in ln.lower() and not ln.startswith(("\t", " "))]
         result["failure"] = tail[-1][:200] if tail else f"exit {proc.returncode}"
     return result
 

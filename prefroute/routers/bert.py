@@ -103,6 +103,8 @@ class BertRouter(NeuralWinPredictor):
         self.special_suffix_ = marked[at + len(plain):]
 
     def _query_ids(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            return []
         queries = self.tokenizer_(prompts, add_special_tokens=False, verbose=False)["input_ids"]
         budget = self.max_length - self._sequence_overhead()
         return [cut_middle(q, budget) for q in queries]

@@ -217,6 +217,8 @@ class CausalLLMRouter(NeuralWinPredictor):
 
     # batches --------------------------------------------------------------------------
     def _query_ids(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            return []
         queries = self.tokenizer_(prompts, add_special_tokens=False, verbose=False)["input_ids"]
         return [cut_middle(q, self.query_budget_) for q in queries]
 
