@@ -250,7 +250,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def run_drift(checkpoint: Path, prompts: list[str], tmp: str, concurrency: int):
-    """Per-request sides and latencies of each setup; the replicas' final /metrics views."""
+    """Per-request sides and latencies of each setup; the replicas' final /metrics.json views."""
     processes: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:
@@ -273,7 +273,7 @@ def run_drift(checkpoint: Path, prompts: list[str], tmp: str, concurrency: int):
         name = "3 replicas + Redis"
         urls = [u for _, u in replicas]
         results[name] = asyncio.run(send(urls, prompts, concurrency * 3, name))
-        views = [httpx.get(f"{u}/metrics", timeout=10).json()["budget"] for u in urls]
+        views = [httpx.get(f"{u}/metrics.json", timeout=10).json()["budget"] for u in urls]
     finally:
         for process in processes:
             if process.poll() is None:

@@ -13,7 +13,13 @@ so that load from other processes hits them alike; CPU seconds per request of ea
 process (from /proc) are reported since they depend less on that load than wall times.
 Also times the router alone on one prompt vs a batch of 64. Prints markdown tables.
 
-Usage: ``nice -n 10 python benchmarks/bench_serve.py [--checkpoint DIR] [--scale 1.0]``
+With ``--compare-root DIR`` (another checkout, e.g. ``git archive <commit> | tar -x -C DIR``)
+the suite instead runs the default server (batch what is queued) from DIR ("before") and from
+this checkout ("after") side by side in the same interleaved rounds, to measure what a change
+costs per request.
+
+Usage: ``nice -n 10 python benchmarks/bench_serve.py [--checkpoint DIR] [--scale 1.0]
+[--compare-root DIR]``
 """
 
 from __future__ import annotations
@@ -82,14 +88,16 @@ def start_upstream() -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{int(line.split()[1])}/v1"
 
 
-def start_router(checkpoint: Path, upstream: str, window_ms: float, max_batch: int):
+def start_router(
+    checkpoint: Path, upstream: str, window_ms: float, max_batch: int, root: Path = ROOT
+):
     port = free_port()
     command = [
         sys.executable, "-m", "prefroute.cli.serve", f"mf={checkpoint}", "--port", str(port),
         "--strong-base-url", upstream, "--weak-base-url", upstream, "--no-access-log",
         "--batch-window-ms", str(window_ms), "--max-batch-size", str(max_batch),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "bench-key"}
+    env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "bench-key"}
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -183,15 +191,21 @@ def router_alone(checkpoint: Path, prompts: list[str], repeats: int) -> dict[str
     return {"single": single, "batch64": batched}
 
 
-def run_suite(checkpoint: Path, prompts: list[str], levels: dict[int, int], rounds: int):
+def run_suite(
+    checkpoint: Path,
+    prompts: list[str],
+    levels: dict[int, int],
+    rounds: int,
+    configs: dict[str, tuple[float, int, Path]],
+):
     """Every path at every concurrency, in interleaved rounds (so load drift hits all alike)."""
     upstream_process, upstream = start_upstream()
     routers = {}
     totals: dict[tuple[int, str], dict] = {}
     try:
-        for name, (window, max_batch) in CONFIGS.items():
-            routers[name] = start_router(checkpoint, upstream, window, max_batch)
-        paths = ["direct", *CONFIGS]
+        for name, (window, max_batch, root) in configs.items():
+            routers[name] = start_router(checkpoint, upstream, window, max_batch, root)
+        paths = ["direct", *configs]
         runs = [
             (c, r, paths[(i + r) % len(paths)])
             for c in levels
@@ -225,8 +239,10 @@ def run_suite(checkpoint: Path, prompts: list[str], levels: dict[int, int], roun
                 total["cpu"][k] = total["cpu"].get(k, 0.0) + used
         batch_sizes = {}
         for name, (_, url) in routers.items():
-            stats = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).json()
-            batch_sizes[name] = stats["batching"]["routers"]["mf"]["mean_batch_size"]
+            stats = httpx.get(url.removesuffix("/v1") + "/metrics.json", timeout=10)
+            if stats.status_code == 404:  # a checkout from before /metrics became Prometheus
+                stats = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10)
+            batch_sizes[name] = stats.json()["batching"]["routers"]["mf"]["mean_batch_size"]
     finally:
         for process, _ in routers.values():
             stop(process)
@@ -243,7 +259,7 @@ def run_suite(checkpoint: Path, prompts: list[str], levels: dict[int, int], roun
             "upstream_cpu_ms": t["cpu"]["upstream"] / t["n"] * 1000,
             "router_cpu_ms": t["cpu"]["router"] / t["n"] * 1000 if "router" in t["cpu"] else None,
         })  # fmt: skip
-    rows.sort(key=lambda r: (r["concurrency"], ["direct", *CONFIGS].index(r["path"])))
+    rows.sort(key=lambda r: (r["concurrency"], ["direct", *configs].index(r["path"])))
     return rows, batch_sizes
 
 
@@ -287,7 +303,17 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the request counts")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level")
+    parser.add_argument(
+        "--compare-root", type=Path, help="another checkout to run beside this one (before/after)"
+    )
     args = parser.parse_args()
+    if args.compare_root:
+        configs = {
+            f"before ({args.compare_root.name})": (0.0, 64, args.compare_root.resolve()),
+            "after (this checkout)": (0.0, 64, ROOT),
+        }
+    else:
+        configs = {name: (*setting, ROOT) for name, setting in CONFIGS.items()}
 
     from prefroute.data import load_source
     from prefroute.data.paths import default_data_dir
@@ -309,7 +335,7 @@ def main() -> None:
             levels = {1: 30, 16: 160} if slow else {1: 200, 16: 600, 64: 1800}
             levels = {c: max(c, int(n * args.scale)) for c, n in levels.items()}
             alone = router_alone(checkpoint, prompts, repeats=64 if slow else 256)
-            rows, batch_sizes = run_suite(checkpoint, prompts, levels, args.rounds)
+            rows, batch_sizes = run_suite(checkpoint, prompts, levels, args.rounds, configs)
             print_table(f"mf router, {embedder} embedder", alone, rows, batch_sizes)
             sys.stdout.flush()
     print(

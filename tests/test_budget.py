@@ -307,14 +307,14 @@ def test_server_holds_the_share_and_explicit_thresholds_bypass(
         assert shares[-1] == pytest.approx(strong[-window:].mean())
 
         # an explicit threshold: routed by it, outside the window
-        before = client.get("/metrics").json()["budget"]["routers"]["mf"]
+        before = client.get("/metrics.json").json()["budget"]["routers"]["mf"]
         for prompt in prompts[:20]:
             response = _chat(client, "router-mf-0.5", prompt)
             assert response.headers["x-prefroute-controlled"] == "false"
             assert float(response.headers["x-prefroute-threshold"]) == 0.5
             p = float(response.headers["x-prefroute-strong-win-prob"])
             assert response.headers["x-prefroute-side"] == ("strong" if p >= 0.5 else "weak")
-        after = client.get("/metrics").json()["budget"]["routers"]["mf"]
+        after = client.get("/metrics.json").json()["budget"]["routers"]["mf"]
         assert after == before
         assert after["window_requests"] == window
         assert after["strong_share"] == pytest.approx(strong[-window:].mean())
@@ -333,7 +333,7 @@ def test_budget_pacing_prices_usage_and_holds_spend_down(mf_dir, upstreams, drif
             usage = response.json()["usage"]
             expected_spend += usage_cost(prices, side, usage)
             sides.append(side)
-        metrics = c.get("/metrics").json()["budget"]
+        metrics = c.get("/metrics.json").json()["budget"]
         # a stream whose upstream sends no usage is counted as unpriced, not as free
         body = {
             "model": "router-mf",
@@ -343,7 +343,7 @@ def test_budget_pacing_prices_usage_and_holds_spend_down(mf_dir, upstreams, drif
         with c.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             assert "data: [DONE]" in response.read().decode()
-        assert c.get("/metrics").json()["budget"]["unpriced_responses"] == 1
+        assert c.get("/metrics.json").json()["budget"]["unpriced_responses"] == 1
     # every response was priced from its usage, and the spend adds up to the cent
     assert metrics["unpriced_responses"] == 0
     assert sum(metrics["priced_responses"].values()) == len(prompts)
@@ -410,7 +410,7 @@ def test_two_server_processes_share_one_window_in_redis(
             response = _chat(clients[i % 2], "router-mf", prompt)
             sides.append(response.headers["x-prefroute-side"])
         strong = np.array(sides) == "strong"
-        views = [c.get("/metrics").json()["budget"]["routers"]["mf"] for c in clients]
+        views = [c.get("/metrics.json").json()["budget"]["routers"]["mf"] for c in clients]
         for c in clients:
             c.close()
     finally:

@@ -20,6 +20,7 @@ NAMES = [
     "02_calibrate_to_budget",
     "03_export_and_serve",
     "04_multi_llm_routing",
+    "05_the_preference_loop",
 ]
 
 
@@ -100,7 +101,8 @@ def test_03_exports_reloads_and_serves_over_http(tmp_path, data_dir):
     text = text_outputs(nb)
     assert "identical P(strong wins)" in text
     assert "10 requests:" in text and "servers stopped" in text
-    assert '"routing_latency"' in text and '"errors"' in text  # the /metrics JSON
+    assert '"routing_latency"' in text and '"errors"' in text  # the /metrics.json JSON
+    assert "prefroute_requests_total{" in text  # the Prometheus /metrics
 
 
 def test_04_routes_among_many_llms_with_aiq(tmp_path, data_dir):
@@ -112,3 +114,16 @@ def test_04_routes_among_many_llms_with_aiq(tmp_path, data_dir):
     text = text_outputs(nb)
     assert "AIQ of mixing single models" in text
     assert n_images(nb) == 2
+
+
+def test_05_runs_the_preference_loop_over_http(tmp_path, data_dir):
+    nb = run_notebook("05_the_preference_loop", tmp_path, data_dir)
+    out = tmp_path / "out"
+    lineage = json.loads((out / "v2" / "config.json").read_text())["router"]["training"]
+    assert lineage["lineage"][0]["parent"]["name"] == "v1"
+    assert (out / "swap_apgr.png").stat().st_size > 10_000
+    text = text_outputs(nb)
+    assert "unknown id -> 404" in text and "'feedback': 3" in text
+    assert "update of sw_bt" in text and "swap of sw_bt" in text
+    assert "paired bootstrap CI" in text
+    assert n_images(nb) == 1

@@ -52,9 +52,18 @@ def alpaca_prompts(alpaca_battles) -> list[str]:
     return sorted(set(alpaca_battles.prompts))
 
 
+_TRAINED: dict[str, tuple[Path, Router]] = {}  # test_serve_abuse/_ops.py share these fixtures
+
+
 @pytest.fixture(scope="session")
 def mf_checkpoint(tmp_path_factory, alpaca_battles, alpaca_prompts) -> tuple[Path, Router]:
     """A small mf router on the real AlpacaEval battles, calibrated to 30% strong calls."""
+    if "mf" not in _TRAINED:
+        _TRAINED["mf"] = _train_mf(tmp_path_factory, alpaca_battles, alpaca_prompts)
+    return _TRAINED["mf"]
+
+
+def _train_mf(tmp_path_factory, alpaca_battles, alpaca_prompts) -> tuple[Path, Router]:
     predictor = make_router(
         "mf", strong_model=STRONG, weak_model=WEAK, dim=32, epochs=3, progress=False
     )
@@ -181,7 +190,7 @@ def test_thresholds_in_the_model_name(mf_checkpoint, upstreams, alpaca_prompts):
                     model=f"router-mf-{threshold!r}", messages=user(prompt)
                 )
                 assert raw.headers["x-prefroute-model"] == (STRONG if prob >= threshold else WEAK)
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
     assert metrics["router_models"]["router-mf-0.0"]["strong_rate"] == 1.0
     assert metrics["router_models"][f"router-mf-{middle!r}"]["strong_rate"] == pytest.approx(
         float(np.mean(probs >= middle))
@@ -236,7 +245,7 @@ def test_calibrated_strong_rate_is_realised_and_metrics_agree(
 
     with serving(make_settings([str(directory)], strong, weak)) as url:
         models = asyncio.run(send_all(url))
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
     share = models.count(STRONG) / n
     assert models.count(STRONG) == expected_strong
     assert share == pytest.approx(router.calibration["realised_strong_rate"])
@@ -284,7 +293,7 @@ def test_200_concurrent_requests_all_answered_and_counted(mf_checkpoint, upstrea
     # a 5 ms batching window so concurrent requests surely share routing batches
     with serving(make_settings({"mf": router}, strong, weak, batch_window_ms=5.0)) as url:
         results = asyncio.run(fire(url))
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
     assert len(results) == 200
     for (model, text), side, prompt in zip(results, sides, prompts, strict=True):
         routed = STRONG if side == "strong" else WEAK
@@ -338,7 +347,6 @@ def test_invalid_requests_get_400_in_openai_shape(mf_checkpoint, upstreams):
     strong, weak = upstreams
     cases = {
         "missing_messages": {"model": "router-mf"},
-        "model_not_found": {"model": "router-nope", "messages": user("hi")},
         "invalid_model": {"messages": user("hi")},
         "no_user_turn": {
             "model": "router-mf",
@@ -376,14 +384,18 @@ def test_invalid_requests_get_400_in_openai_shape(mf_checkpoint, upstreams):
             assert (
                 response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
             )
-        with pytest.raises(openai.BadRequestError, match="unknown model 'gpt-4'"):
+        # an unknown model is a 404 model_not_found, as OpenAI answers
+        with pytest.raises(openai.NotFoundError, match="unknown model 'gpt-4'") as info:
             client(url).chat.completions.create(model="gpt-4", messages=user("hi"))
+        assert info.value.code == "model_not_found" and info.value.status_code == 404
+        response = httpx.post(endpoint, json={"model": "router-nope", "messages": user("hi")})
+        assert response.status_code == 404 and response.json()["error"]["param"] == "model"
         missing = httpx.get(f"{url}/v1/nothing", timeout=10)
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "http_404"
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
-    n_bad = len(cases) + len(bad_thresholds) + 2 + 1
-    assert metrics["requests"]["by_status"] == {"400": n_bad}
-    assert metrics["errors"]["by_type"] == {"invalid_request_error": n_bad}
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
+    n_bad = len(cases) + len(bad_thresholds) + 2
+    assert metrics["requests"]["by_status"] == {"400": n_bad, "404": 2}
+    assert metrics["errors"]["by_type"] == {"invalid_request_error": n_bad + 2}
     assert metrics["requests"]["routed"] == 0
     assert strong.count() == weak.count() == 0
 
@@ -397,7 +409,7 @@ def test_upstream_failures_map_to_502_and_429_without_leaking_the_key(
     strong.mode = "fail"
     weak.mode = "rate_limit"
     seen: list[str] = []
-    with serving(make_settings({"mf": router}, strong, weak)) as url:
+    with serving(make_settings({"mf": router}, strong, weak, failover=False)) as url:
         endpoint = f"{url}/v1/chat/completions"
         for stream in (False, True):
             failed = httpx.post(
@@ -429,7 +441,7 @@ def test_upstream_failures_map_to_502_and_429_without_leaking_the_key(
         )
         for path in ("/metrics", "/v1/models", "/health"):
             seen.append(httpx.get(f"{url}{path}", timeout=10).text)
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
     # the upstreams did get the key, and quoted it back in their error messages
     assert strong.authorizations == {f"Bearer {SECRET}"}
     assert "Bearer ***" in seen[0]
@@ -445,7 +457,8 @@ def test_hanging_upstream_times_out_with_504_quickly(mf_checkpoint, upstreams):
     _, router = mf_checkpoint
     strong, weak = upstreams
     strong.mode = "hang"
-    with serving(make_settings({"mf": router}, strong, weak, upstream_timeout=1.0)) as url:
+    settings = make_settings({"mf": router}, strong, weak, upstream_timeout=1.0, failover=False)
+    with serving(settings) as url:
         for stream in (False, True):
             started = time.perf_counter()
             response = httpx.post(
@@ -474,7 +487,9 @@ def test_a_stream_that_breaks_or_stalls_ends_with_an_error_event(mf_checkpoint, 
     strong, weak = upstreams
     strong.mode = "break_stream"
     weak.mode = "stall_stream"
-    with serving(make_settings({"mf": router}, strong, weak, upstream_timeout=1.0)) as url:
+    # no failover: a slow start of the stalling stream must not hand it to the other side
+    settings = make_settings({"mf": router}, strong, weak, upstream_timeout=1.0, failover=False)
+    with serving(settings) as url:
         with pytest.raises(openai.APIError, match="failed mid-stream: the model crashed"):
             for _ in client(url).chat.completions.create(
                 model="router-mf-0", messages=user("hi there"), stream=True
@@ -490,7 +505,7 @@ def test_a_stream_that_breaks_or_stalls_ends_with_an_error_event(mf_checkpoint, 
                 received.append(chunk)
         assert len(received) == 3  # the role chunk and two words came before the stall
         assert time.perf_counter() - started < 3.0
-        metrics = httpx.get(f"{url}/metrics", timeout=10).json()
+        metrics = httpx.get(f"{url}/metrics.json", timeout=10).json()
     assert metrics["requests"]["by_status"] == {"200": 2}  # the streams had started
     assert metrics["errors"] == {
         "total": 2,
@@ -505,7 +520,7 @@ def test_unreachable_upstream_is_502(mf_checkpoint, upstreams):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    settings = make_settings({"mf": router}, strong, weak)
+    settings = make_settings({"mf": router}, strong, weak, failover=False)
     settings.strong = UpstreamSettings(base_url=f"http://user:pw@127.0.0.1:{closed_port}/v1")
     with serving(settings) as url:
         response = httpx.post(
@@ -516,6 +531,8 @@ def test_unreachable_upstream_is_502(mf_checkpoint, upstreams):
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "upstream_connection_error" and "user:pw" not in error["message"]
+    # no address of the upstream reaches the client, not even its port
+    assert "127.0.0.1" not in response.text and str(closed_port) not in response.text
 
 
 # Controller --------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 to stand in for an LLM provider.
 
-``FakeUpstream`` answers ``POST /v1/chat/completions`` (JSON, or SSE with ``stream: true``)
-with a deterministic echo of the last user turn, and can be switched at any time to fail
-with 500, refuse with 429 or hang. It counts requests per model and status. Its error
-messages quote the Authorization header it received, like a careless provider, so a test
-can check that the router never passes a key on.
+``FakeUpstream`` answers ``POST /v1/chat/completions``, ``/v1/completions`` and
+``/v1/responses`` (JSON, or SSE with ``stream: true``) with a deterministic echo of the last
+user turn, and can be switched at any time to fail with 500, refuse with 429 or hang. It
+counts requests per model and status, records the headers it got, and notices clients that
+leave while it hangs. Its error messages quote the Authorization header it received, like a
+careless provider, so a test can check that the router never passes a key on.
 
 ``ServerThread`` runs any ASGI app with uvicorn in a background thread on a free port.
 Run this file to serve a FakeUpstream from the command line (prints ``PORT <n>``).
@@ -34,7 +35,13 @@ class ServerThread:
     """Serve ``app`` with uvicorn in a daemon thread; ``port`` is known once ``start`` returns."""
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 20.0
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout: float = 20.0,
+        **uvicorn_options: Any,
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -45,6 +52,7 @@ class ServerThread:
             access_log=True,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            **uvicorn_options,
         )
         self.server = uvicorn.Server(config)
         self.host = host
@@ -101,16 +109,22 @@ class FakeUpstream:
         self.mode = mode
         self.delay_s = delay_s
         self.hang_s = hang_s
+        self.crash_message = "the model crashed"  # what "break_stream" reports
         self._lock = threading.Lock()
         self._released = threading.Event()
         self.requests = 0
         self.by_model: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
         self.authorizations: set[str] = set()
+        self.request_ids: list[str] = []
+        self.paths: Counter[str] = Counter()
+        self.disconnects = 0  # clients that left while a "hang" was holding their answer
         self.last_body: dict[str, Any] | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._chat, methods=["POST"]),
+                Route("/v1/responses", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
@@ -147,12 +161,14 @@ class FakeUpstream:
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model"}]})
 
-    def _record(self, body: dict[str, Any], status: int, authorization: str) -> None:
+    def _record(self, request: Request, body: dict[str, Any], status: int) -> None:
         with self._lock:
             self.requests += 1
             self.by_model[str(body.get("model"))] += 1
             self.by_status[status] += 1
-            self.authorizations.add(authorization)
+            self.authorizations.add(request.headers.get("authorization", ""))
+            self.request_ids.append(request.headers.get("x-request-id", ""))
+            self.paths[request.url.path] += 1
             self.last_body = body
 
     async def _chat(self, request: Request) -> Response:
@@ -160,12 +176,16 @@ class FakeUpstream:
         authorization = request.headers.get("authorization", "")
         mode = self.mode
         status = {"fail": 500, "rate_limit": 429, "hang": 0}.get(mode, 200)
-        self._record(body, status, authorization)
+        self._record(request, body, status)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if mode == "hang":
             deadline = time.monotonic() + self.hang_s
             while not self._released.is_set() and time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    with self._lock:
+                        self.disconnects += 1
+                    break
                 await asyncio.sleep(0.05)
             return JSONResponse(
                 {"error": {"message": "hung", "type": "server_error"}}, status_code=500
@@ -180,14 +200,127 @@ class FakeUpstream:
                 status_code=status,
                 headers=headers,
             )
+        path = request.url.path
+        if path.endswith("/responses"):
+            if body.get("stream"):
+                return StreamingResponse(
+                    self._responses_stream(body, mode), media_type="text/event-stream"
+                )
+            return JSONResponse(self._response_object(body, "completed"))
         if body.get("stream"):
-            return StreamingResponse(self._stream(body, mode), media_type="text/event-stream")
+            stream = self._stream(body, mode)
+            if path.endswith("/v1/completions"):
+                stream = self._as_text_completion(stream)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        if path.endswith("/v1/completions"):
+            return JSONResponse(self._text_completion(body))
         return JSONResponse(self._completion(body))
 
     def _reply_text(self, body: dict[str, Any]) -> str:
-        users = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
-        last = users[-1] if users and isinstance(users[-1], str) else ""
+        if "prompt" in body:  # completions
+            prompt = body["prompt"]
+            last = prompt if isinstance(prompt, str) else str(prompt[-1])
+        elif "input" in body:  # responses
+            items = body["input"]
+            if isinstance(items, str):
+                last = items
+            else:
+                users = [i.get("content") for i in items if i.get("role") == "user"]
+                content = users[-1] if users else ""
+                if isinstance(content, list):
+                    content = " ".join(p.get("text", "") for p in content)
+                last = content
+        else:
+            users = [m.get("content") for m in body.get("messages", []) if m.get("role") == "user"]
+            last = users[-1] if users and isinstance(users[-1], str) else ""
         return f"{self.name}/{body.get('model')} echoes: {last[:60]}"
+
+    def _text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = self._reply_text(body)
+        return {
+            "id": f"cmpl-{self.name}-{self.requests}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": f"{body.get('model')}-upstream-version",
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+        }
+
+    async def _as_text_completion(self, chat_stream):
+        """The chat stream's events re-shaped as legacy completions chunks."""
+        async for event in chat_stream:
+            if event.startswith("data: {"):
+                chunk = json.loads(event[6:])
+                if "choices" in chunk:
+                    chunk["object"] = "text_completion"
+                    chunk["choices"] = [
+                        {
+                            "index": 0,
+                            "text": c["delta"].get("content", ""),
+                            "finish_reason": c["finish_reason"],
+                            "logprobs": None,
+                        }
+                        for c in chunk["choices"]
+                    ]
+                event = f"data: {json.dumps(chunk)}\n\n"
+            yield event
+
+    def _response_object(self, body: dict[str, Any], status: str, text: str | None = None):
+        text = self._reply_text(body) if text is None else text
+        output = []
+        if text:
+            output = [
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ]
+        return {
+            "id": f"resp_{self.name}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": f"{body.get('model')}-upstream-version",
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": len(text.split()),
+                "total_tokens": 10 + len(text.split()),
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+
+    async def _responses_stream(self, body: dict[str, Any], mode: str = "ok"):
+        """Responses API events: created, output_text deltas, completed (or an error event)."""
+        seq = 0
+
+        def event(data: dict[str, Any]) -> str:
+            nonlocal seq
+            data["sequence_number"] = seq
+            seq += 1
+            return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"
+
+        created = self._response_object(body, "in_progress", text="")
+        yield event({"type": "response.created", "response": created})
+        words = self._reply_text(body).split(" ")
+        for i, word in enumerate(words):
+            if i == 2 and mode == "break_stream":
+                crash = self.crash_message
+                yield event({"type": "error", "code": "server_error", "message": crash})
+                return
+            yield event({
+                "type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "delta": word if i == 0 else " " + word, "logprobs": [],
+            })  # fmt: skip
+        done = self._response_object(body, "completed")
+        yield event({"type": "response.completed", "response": done})
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         text = self._reply_text(body)
@@ -228,13 +361,18 @@ class FakeUpstream:
         yield f"data: {json.dumps(first)}\n\n"
         for i, word in enumerate(words):
             if i == 2 and mode == "break_stream":
-                error = {"error": {"message": "the model crashed", "type": "server_error"}}
+                error = {"error": {"message": self.crash_message, "type": "server_error"}}
                 yield f"data: {json.dumps(error)}\n\n"
                 return
             if i == 2 and mode == "stall_stream":
                 deadline = time.monotonic() + self.hang_s
-                while not self._released.is_set() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                try:
+                    while not self._released.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                except asyncio.CancelledError:  # the client (the router) closed the stream
+                    with self._lock:
+                        self.disconnects += 1
+                    raise
                 return
             piece = word if i == 0 else " " + word
             chunk = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import renamed_option, resolve_data_dir
+from prefroute.cli.select import select
 from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
 from prefroute.io import check_output_file
 
@@ -23,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command()(select)
 
 
 def _parse_where(where: list[str]) -> dict[str, list[str]]:
@@ -247,6 +250,10 @@ def judge(
         "--outputs",
         help="stored answers {prompt_id, prompt, model, output} (AlpacaEval layout)",
     ),
+    from_log: Path | None = typer.Option(
+        None, "--from-log", help="serving journal folder (prefroute serve --log-dir): judge "
+        "its shadow pairs"
+    ),
     old_strong_name: str | None = typer.Option(None, "--strong-name", hidden=True),
     old_weak_name: str | None = typer.Option(None, "--weak-name", hidden=True),
     rename_strong: str | None = typer.Option(
@@ -311,6 +318,7 @@ def judge(
     """
     from data_aug.costs import PriceTable
     from data_aug.endpoints import EndpointConfig, RetryPolicy
+    from data_aug.from_log import read_shadow_pairs
     from data_aug.items import read_outputs, read_prompts
     from data_aug.judge import JudgeRunConfig, Side, estimate_run, run_judge
 
@@ -349,7 +357,13 @@ def judge(
     )
     stored: dict[str, dict[str, str]] = {}
     output_items: list[PromptItem] = []
-    if outputs is not None:
+    if from_log is not None:  # shadow pairs of a serving journal, as stored outputs
+        if outputs is not None:
+            raise ConfigError("--from-log and --outputs both give the answers; use one")
+        output_items, stored, (strong_name, weak_name) = read_shadow_pairs(
+            from_log, strong_name=strong_name, weak_name=weak_name)
+        outputs = from_log
+    elif outputs is not None:
         output_items, stored = read_outputs(outputs)
     elif strong_ep is None or weak_ep is None:
         raise ConfigError(
@@ -440,6 +454,28 @@ def judge(
                 f"(journal: {config.journal_path})"
             )
         typer.echo(summary)
+
+
+@app.command()
+def feedback(
+    from_log: Path = typer.Option(..., "--from-log", help="serving journal folder (--log-dir)"),
+    out: Path = typer.Option(..., "--out", help="battles file to write (.jsonl or .parquet)"),
+) -> None:
+    """Battles from users' feedback in a serving journal (POST /v1/feedback), one per answer.
+
+    Example: prefroute augment feedback --from-log runs/journal --out feedback.jsonl
+    """
+    from data_aug.from_log import feedback_battles
+
+    battles = feedback_battles(from_log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
+    try:  # written beside, then renamed: never a half-written battles file
+        battles.write(staging)
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+    typer.echo(f"wrote {len(battles):,} feedback battles to {out}")
 
 
 if __name__ == "__main__":  # `python -m prefroute.cli.augment`, as the main CLI would run it

@@ -15,7 +15,19 @@ from prefroute.io import check_output_file
 
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="router checkpoint folder"),
-    benchmark: str = typer.Option(..., "--benchmark", help="mt-bench, mmlu or gsm8k"),
+    benchmark: str | None = typer.Option(
+        None, "--benchmark", help="stored outcomes: mt-bench, mmlu, gsm8k, mmlu_pro, routerbench"
+    ),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", help="or your own outcome table: a correctness CSV or JSONL "
+        "(prompt + one column per model)"
+    ),
+    strong_model: str | None = typer.Option(
+        None, "--strong-model", help="strong model's column (default: the checkpoint's pair)"
+    ),
+    weak_model: str | None = typer.Option(
+        None, "--weak-model", help="weak model's column (default: the checkpoint's pair)"
+    ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="folder in the shared/data layout"
     ),
@@ -31,10 +43,19 @@ def evaluate(
 ) -> None:
     """APGR (with CI), CPT and the routing curve, beside the random and oracle routers.
 
+    Decontamination is on by default: the checkpoint's own training prompts (stored as
+    fingerprints) and prompts within 0.95 cosine of its recorded training sources are left
+    out, and the counts are printed. A warning says when the evaluated pair is not the
+    checkpoint's.
+
     Example: prefroute eval runs/mf --benchmark gsm8k --data-dir ../shared/data --json
+    Example: prefroute eval runs/auto --benchmark mmlu_pro --strong-model gpt-4o-2024-05-13
+    --weak-model Mixtral-8x7B-Instruct-v0.1
     """
     import numpy as np
 
+    from prefroute.data.outcome_files import load_outcome_file
+    from prefroute.errors import ConfigError
     from prefroute.evaluate import evaluate_router, plot_routing_curves, prepare_eval_set
     from prefroute.router import load_router
     from prefroute.training import load_training_battles
@@ -42,8 +63,13 @@ def evaluate(
     check_int("--bootstrap", "prefroute eval", n_bootstrap)
     if plot is not None:
         check_output_file(plot, overwrite=overwrite, inputs=[checkpoint], flag="--plot")
-    data_dir = resolve_data_dir(data_dir)
+    if (benchmark is None) == (outcomes is None):
+        raise ConfigError("give exactly one of --benchmark (stored outcomes) or --outcomes FILE")
     router = load_router(checkpoint)
+    table = load_outcome_file(outcomes) if outcomes is not None else None
+    data_dir = resolve_data_dir(data_dir) if table is None or data_dir else data_dir
+    strong_model, weak_model = _pair(table or benchmark, data_dir, router, strong_model,
+                                     weak_model)
     train_prompts = None
     sources = named_sources((router.training or {}).get("sources") or [], checkpoint)
     if decontaminate and sources:
@@ -58,14 +84,22 @@ def evaluate(
         logger.info(
             "decontaminating against %d training prompts from %s", len(train_prompts), sources
         )
+    from prefroute.evaluate.benchmarks import pair_mismatch, training_fingerprints
+
     eval_set = prepare_eval_set(
-        benchmark,
+        table or benchmark,
         data_dir,
+        strong_model=strong_model,
+        weak_model=weak_model,
         train_prompts=train_prompts,
-        decontaminate=decontaminate and train_prompts is not None,
+        decontaminate=decontaminate,
+        train_fingerprints=training_fingerprints(router) if decontaminate else None,
     )
+    mismatch = pair_mismatch(router, eval_set)
+    if mismatch:
+        typer.secho(f"warning: {mismatch}", err=True, fg=typer.colors.YELLOW)
     result = evaluate_router(
-        router, benchmark, data_dir, eval_set=eval_set, n_bootstrap=n_bootstrap
+        router, table or benchmark, data_dir, eval_set=eval_set, n_bootstrap=n_bootstrap
     )
     if plot is not None:
         plot_routing_curves([result], plot)
@@ -108,3 +142,23 @@ def named_sources(sources: list, checkpoint: Path) -> list[str]:
             checkpoint, skipped, named,
         )
     return named
+
+
+def _pair(benchmark, data_dir, router, strong: str | None, weak: str | None
+          ) -> tuple[str | None, str | None]:
+    """--strong-model/--weak-model, else the checkpoint's pair where the table has it, else
+    the table's default pair."""
+    from prefroute.data.aliases import ModelAliases
+    from prefroute.data.outcomes import OutcomeTable, load_outcomes
+
+    if strong and weak:
+        return strong, weak
+    table = benchmark if isinstance(benchmark, OutcomeTable) else load_outcomes(benchmark,
+                                                                                data_dir)
+    aliases = ModelAliases()
+    by_canonical = {aliases.canonical(m): m for m in table.models}
+
+    def column(name: str | None, own: str) -> str | None:
+        return name or by_canonical.get(aliases.canonical(own))
+
+    return column(strong, router.strong_model), column(weak, router.weak_model)

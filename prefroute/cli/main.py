@@ -12,6 +12,7 @@ from prefroute.cli.augment import app as augment_app
 from prefroute.cli.benchmark import benchmark
 from prefroute.cli.calibrate import calibrate
 from prefroute.cli.common import setup_logging
+from prefroute.cli.compare import compare
 from prefroute.cli.evaluate import evaluate
 from prefroute.cli.import_routellm import import_routellm
 from prefroute.cli.info import info
@@ -19,6 +20,7 @@ from prefroute.cli.multi import app as multi_app
 from prefroute.cli.score import score
 from prefroute.cli.serve import serve
 from prefroute.cli.train import train
+from prefroute.cli.update import update
 from prefroute.errors import PrefrouteError
 
 app = typer.Typer(
@@ -48,6 +50,8 @@ app.command(name="eval")(evaluate)
 app.command()(benchmark)
 app.command()(serve)
 app.command(name="import-routellm")(import_routellm)
+app.command()(update)
+app.command()(compare)
 app.command()(info)
 app.add_typer(multi_app, name="multi", help="Route among N LLMs: train and evaluate.")
 app.add_typer(augment_app, name="augment", help="Build battles: golden labels or an LLM judge.")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import typer
 
 from prefroute.errors import ConfigError
+from prefroute.serve.budget import budget_settings
+from prefroute.serve.limits import uvicorn_options
 from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
+from prefroute.serve.shaping import read_serve_config, shaping_from_config
+from prefroute.serve.state import check_reachable
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -98,6 +103,58 @@ def serve(
         "--state-url",
         help="redis://HOST:PORT/DB: replicas share the controller state (default in-process)",
     ),
+    log_dir: str = typer.Option(
+        None, "--log-dir", help="journal routed requests here (JSONL, rotated) for the loop"
+    ),
+    log_responses: bool = typer.Option(
+        False, "--log-responses", help="keep answer texts in the journal"
+    ),
+    shadow_rate: float = typer.Option(
+        0.0, "--shadow-rate", help="fraction of requests also sent to the other side"
+    ),
+    api_key_file: Path = typer.Option(
+        None,
+        "--api-key-file",
+        help="client API keys, one per line (also $PREFROUTE_API_KEYS); /v1/* then needs "
+        "'Authorization: Bearer <key>'",
+    ),
+    max_body_bytes: int = typer.Option(
+        4 * 1024 * 1024, "--max-body-bytes", help="larger request bodies get 413 at once"
+    ),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", help="seconds for a request body to arrive (else 408)"
+    ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", help="seconds for request headers to arrive (else closed)"
+    ),
+    keep_alive: float = typer.Option(
+        5.0, "--keep-alive", help="seconds an idle client connection stays open"
+    ),
+    max_client_connections: int = typer.Option(
+        2048, "--max-client-connections", help="open client connections; more get 503"
+    ),
+    failover: bool = typer.Option(
+        True,
+        "--failover/--no-failover",
+        help="when the chosen upstream fails before answering, the other side answers",
+    ),
+    breaker_failures: int = typer.Option(
+        5, "--breaker-failures", help="failures in a row that pause an upstream"
+    ),
+    breaker_cooldown: float = typer.Option(
+        30.0, "--breaker-cooldown", help="seconds a failing upstream is paused"
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="serve.toml: per-side request shaping ([shaping.strong] ...)"
+    ),
+    check_models: bool = typer.Option(
+        True,
+        "--check-models/--no-check-models",
+        help="warn at start-up when an upstream's /v1/models lacks a model name",
+    ),
+    otel: bool = typer.Option(
+        False, "--otel", help="OpenTelemetry spans (needs pip install 'prefroute[otel]')"
+    ),
 ) -> None:
     """Serve routers behind POST /v1/chat/completions: model router-NAME, router-NAME@30 (30%
     strong calls) or router-NAME-THRESHOLD."""
@@ -110,8 +167,6 @@ def serve(
             f"serving needs FastAPI and uvicorn: pip install 'prefroute[serve]' ({e})"
         ) from None
     # imported here, not at the top: they load the router stack (keeps `--help` fast)
-    from prefroute.serve.budget import budget_settings
-    from prefroute.serve.state import check_reachable
 
     budget = budget_settings(
         target_strong_rate=target_strong_rate,
@@ -136,14 +191,42 @@ def serve(
         host=host,
         port=port,
         budget=budget,
+        log_dir=log_dir,
+        log_responses=log_responses,
+        shadow_rate=shadow_rate,
+        failover=failover,
+        breaker_failures=breaker_failures,
+        breaker_cooldown_s=breaker_cooldown,
+        api_key_file=api_key_file,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout,
+        header_timeout_s=header_timeout,
+        keep_alive_s=keep_alive,
+        max_client_connections=max_client_connections,
+        shaping=shaping_from_config(read_serve_config(config), str(config)) if config else {},
+        check_models=check_models,
+        otel=otel,
     )
     if budget is not None and budget.state_url is not None:
         check_reachable(budget.state_url)
     fastapi_app = create_app(settings)
     _check_port_free(host, port)
-    names = ", ".join(f"router-{name}" for name in fastapi_app.state.prefroute.table.routers)
-    typer.echo(f"serving {names} on http://{host}:{port}/v1", err=True)
-    uvicorn.run(fastapi_app, host=host, port=port, access_log=access_log, log_level="info")
+    state = fastapi_app.state.prefroute
+    names = ", ".join(f"router-{name}" for name in state.table.routers)
+    auth = "API keys required" if state.auth else "no client authentication"
+    typer.echo(f"serving {names} on http://{host}:{port}/v1 ({auth})", err=True)
+    uvicorn.run(
+        fastapi_app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info",
+        **uvicorn_options(
+            header_timeout_s=header_timeout,
+            keep_alive_s=keep_alive,
+            max_client_connections=max_client_connections,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ from prefroute.io import check_output_dir
 
 
 def train(
-    router: str = typer.Option(..., "--router", help="sw_bt, mf, random, bert or causal_llm"),
+    router: str = typer.Option(
+        "auto",
+        "--router",
+        help="auto (default: cross-fitted choice among sw_bt, mf, knn, logistic, length), "
+        "sw_bt, mf, knn, logistic, length, random, bert or causal_llm",
+    ),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -54,6 +59,19 @@ def train(
         None, "--max-train-battles", help="seeded subsample of the battles (neural routers)"
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps"),
+    max_memory_gb: float | None = typer.Option(
+        None, "--max-memory-gb",
+        help="bert / causal_llm: memory a training step may use (default: half the RAM); "
+        "batches are cut into micro-batches to fit, or the run stops before training",
+    ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", help="bert / causal_llm: tokens per input (long prompts lose "
+        "their middle)",
+    ),
+    train_last_layers: int | None = typer.Option(
+        None, "--train-last-layers",
+        help="bert / causal_llm: train only the top N layers (default on a CPU: causal_llm 4)",
+    ),
     source_weight: list[str] = typer.Option(
         [],
         "--source-weight",
@@ -62,6 +80,9 @@ def train(
     ),
 ) -> None:
     """Train a router on battle data and save it as a checkpoint.
+
+    Without --router, trains ``auto``: it cross-fits the candidate routers and keeps the best
+    out of fold (or their stack); `prefroute info OUT` shows the out-of-fold table.
 
     Example: prefroute train --router mf --data alpaca_eval
     --data golden:mmlu_pro@gpt-4o-2024-05-13,Mixtral-8x7B-Instruct-v0.1
@@ -104,6 +125,9 @@ def train(
         "lora_r": lora_r,
         "max_train_battles": max_train_battles,
         "device": device,
+        "max_memory_gb": max_memory_gb,
+        "max_length": max_length,
+        "train_last_layers": train_last_layers,
     }
     for name, value in flags.items():
         if value is None:

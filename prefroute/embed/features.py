@@ -115,16 +115,20 @@ class FeatureAugmentedEmbedder(Embedder):
             raise ConfigError("FeatureAugmentedEmbedder.fit needs at least one text")
         if self.inner_embedder.needs_fit:
             self.inner_embedder.fit(texts)
-        raw = surface_features(texts)
+        raw = self._raw_features(texts)
         self.mean_ = raw.mean(axis=0)
         self.scale_ = np.where(raw.std(axis=0) > 1e-9, raw.std(axis=0), 1.0)
         return self
+
+    def _raw_features(self, texts: list[str]) -> np.ndarray:
+        """``surface_features`` of ``texts`` (a hook: ``embed.memo`` serves them from a memo)."""
+        return surface_features(texts)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self.mean_ is None or self.scale_ is None:
             raise ConfigError("FeatureAugmentedEmbedder is not fitted: call fit(training prompts)")
         topical = self.inner_embedder.encode(texts)
-        standard = (surface_features(texts) - self.mean_) / self.scale_
+        standard = (self._raw_features(texts) - self.mean_) / self.scale_
         # each feature block row gets norm ~feature_weight, so the split between topic and
         # surface form does not depend on how many features there are
         block = standard / np.sqrt(len(FEATURE_NAMES)) * self.feature_weight

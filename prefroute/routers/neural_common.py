@@ -195,6 +195,57 @@ def split_by_prompt(
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def cut_middle(ids: list[int], budget: int) -> list[int]:
+    """``ids`` if they fit ``budget``, else its first and last tokens with the middle removed.
+
+    A long prompt usually ends with what is asked; keeping both ends keeps the task and the
+    question.
+    """
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+class LengthBucketedBatchSampler:
+    """Batches of similar-length examples: less padding, so fewer tokens per step.
+
+    With ``shuffle``, the examples are shuffled, cut into pools of 50 batches, each pool
+    sorted by length and cut into batches, and the batches shuffled; a new order every
+    epoch, reproducible from ``seed``. Without it, batches follow the length order.
+    """
+
+    POOL_BATCHES = 50
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, size = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            yield from (order[i : i + size].tolist() for i in range(0, n, size))
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(n)
+        pool = size * self.POOL_BATCHES
+        batches = []
+        for start in range(0, n, pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + size].tolist() for i in range(0, len(chunk), size))
+        for b in rng.permutation(len(batches)):
+            yield batches[b]
+
+
 # devices ------------------------------------------------------------------------------
 def resolve_device(device: str) -> str:
     """``"auto"`` -> ``"cuda"`` if available, else ``"mps"``, else ``"cpu"``."""
@@ -295,7 +346,8 @@ class NeuralWinPredictor(WinPredictor):
     Shared parameters (keyword-only; the subclasses document them too)
     -----------------
     backbone: the base model (see ``prefroute.routers.backbones``).
-    max_length: the most tokens a prompt is given; longer prompts keep their beginning.
+    max_length: the most tokens an input is given; a longer prompt loses its middle, so its
+        beginning and its end (where the question usually is) are both kept.
     tie_credit: P(strong wins) = p(strong wins) + tie_credit * p(tie). 0.5 (default) is the
         expected score with ties counting half, as in Bradley-Terry fits; 0 counts a tie as
         a loss for the strong model (route to strong only when it is clearly better).
@@ -312,10 +364,15 @@ class NeuralWinPredictor(WinPredictor):
     lora_r: LoRA rank (0 = full fine-tuning); lora_alpha, lora_dropout and
         lora_target_modules (module names, or "all-linear"; None: peft's default for the
         architecture).
-    train_last_layers: train only the top this-many transformer layers (None: all): LoRA
+    train_last_layers: train only the top this-many transformer layers (None: all; "auto":
+        all on a GPU, the class's ``cpu_train_last_layers`` on a CPU): LoRA
         goes into those layers only; full fine-tuning freezes the embeddings and the layers
         below (the head and final norm still train). Gradients then stop at the lowest
         trained layer, which makes a training step close to a forward pass on a CPU.
+    max_memory_gb: the most memory a training step may use, in GiB (None: half of the
+        machine's RAM). Each batch is cut into micro-batches that fit it, gradient
+        checkpointing is switched on only when one longest sequence would not fit otherwise,
+        and a budget that cannot be met fails before training (see ``memory_plan``).
     merge_adapter: with LoRA, merge the adapter into the weights after training (faster
         inference; the checkpoint holds full weights) or keep it separate (the checkpoint
         holds only the adapter and loads the base model from ``backbone``).
@@ -333,6 +390,8 @@ class NeuralWinPredictor(WinPredictor):
     """
 
     peft_task_type: ClassVar[str]
+    # layers trained by default on a CPU (train_last_layers="auto"); None: all of them
+    cpu_train_last_layers: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -360,7 +419,8 @@ class NeuralWinPredictor(WinPredictor):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] | str | None = None,
-        train_last_layers: int | None = None,
+        train_last_layers: int | str | None = "auto",
+        max_memory_gb: float | None = None,
         merge_adapter: bool = False,
         device: str = "auto",
         mixed_precision: str = "auto",
@@ -395,6 +455,7 @@ class NeuralWinPredictor(WinPredictor):
             else lora_target_modules
         )
         self.train_last_layers = train_last_layers
+        self.max_memory_gb = max_memory_gb
         self.merge_adapter = merge_adapter
         self.device = device
         self.mixed_precision = mixed_precision
@@ -418,9 +479,21 @@ class NeuralWinPredictor(WinPredictor):
     def _prepare(self) -> None:
         """Called once the tokenizer is set (after build or load): precompute what it needs."""
 
+    def _query_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Each prompt's token ids, cut in the middle to the room ``max_length`` leaves."""
+        raise NotImplementedError
+
+    def _sequence_overhead(self) -> int:
+        """Tokens every input adds around the prompt (instruction, special tokens)."""
+        return 0
+
+    def _collate(self, ids: list[list[int]]) -> dict[str, Any]:
+        """Padded tensors for token-id lists from ``_query_ids``."""
+        raise NotImplementedError
+
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
         """Tokenised, padded tensors for a list of prompts."""
-        raise NotImplementedError
+        return self._collate(self._query_ids(prompts))
 
     def _outputs(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """(log-probabilities the loss uses [B, 3], class logits for scoring [B, 3])."""
@@ -449,9 +522,13 @@ class NeuralWinPredictor(WinPredictor):
 
         for name in ("max_length", "epochs", "batch_size", "grad_accum_steps"):
             positive_int(name)
-        for name in ("max_steps", "max_train_battles", "eval_every", "train_last_layers",
-                     "torch_threads", "predict_batch_size"):
+        for name in ("max_steps", "max_train_battles", "eval_every", "torch_threads",
+                     "predict_batch_size"):
             positive_int(name, optional=True)
+        if self.train_last_layers != "auto":
+            positive_int("train_last_layers", optional=True)
+        if self.max_memory_gb is not None:
+            check_range("max_memory_gb", owner, self.max_memory_gb, low=0.0, low_inclusive=False)
         if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r < 0:
             raise ConfigError(
                 f"The 'lora_r' parameter of {owner} must be an int >= 0 (0 = full "
@@ -504,11 +581,11 @@ class NeuralWinPredictor(WinPredictor):
         logger.info("%s: %d training and %d validation battles", self.router_type, len(train),
                     len(val))
 
+        device = resolve_device(self.device)
         accelerator = make_accelerator(
-            resolve_device(self.device),
-            resolve_mixed_precision(self.mixed_precision, resolve_device(self.device)),
-            self.grad_accum_steps,
+            device, resolve_mixed_precision(self.mixed_precision, device), self.grad_accum_steps
         )
+        self.last_layers_ = self._resolve_last_layers(device)
         set_seed(self.seed)
         model, tokenizer = self._build(backbone_location(self.backbone, owner=type(self).__name__,
                                                          progress=self.progress))
@@ -516,10 +593,14 @@ class NeuralWinPredictor(WinPredictor):
         self._prepare()
         if self.lora_r > 0:
             model = self._with_lora(model)
-        elif self.train_last_layers is not None:
+        elif self.last_layers_ is not None:
             self._freeze_lower_layers(model)
+        train_ids = self._query_ids(train.prompts)
+        val_ids = self._query_ids(val.prompts)
+        self.memory_plan_ = self._plan_memory(model, train_ids + val_ids, device)
+        counts["train_tokens"] = sum(len(q) + self._sequence_overhead() for q in train_ids)
         start = time.time()
-        model, curve = self._train_loop(model, train, val, accelerator)
+        model, curve = self._train_loop(model, (train, train_ids), (val, val_ids), accelerator)
         curve["seconds"] = round(time.time() - start, 3)
         model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
         self.format_ = "full" if self.lora_r == 0 else "adapter"
@@ -531,11 +612,45 @@ class NeuralWinPredictor(WinPredictor):
         self.device_ = str(accelerator.device)
         self.precision_ = accelerator.mixed_precision
         self.training_ = {"counts": counts, "excluded_stand_ins": data.excluded_opponents,
-                          **curve}
+                          "memory_plan": self.memory_plan_.describe(),
+                          "train_last_layers": self.last_layers_, **curve}
+
+    def _resolve_last_layers(self, device: str) -> int | None:
+        if self.train_last_layers != "auto":
+            return self.train_last_layers
+        if device == "cpu" and self.cpu_train_last_layers is not None:
+            logger.info(
+                "on a CPU %s trains its top %d layers (train_last_layers='auto'); pass "
+                "train_last_layers=None to train all of them", self.router_type,
+                self.cpu_train_last_layers,
+            )
+            return self.cpu_train_last_layers
+        return None
+
+    def _plan_memory(self, model: Any, ids: list[list[int]], device: str) -> Any:
+        from prefroute.routers.memory_plan import default_memory_budget_gb, plan_training_memory
+
+        budget = self.max_memory_gb or default_memory_budget_gb()
+        longest = max((len(q) for q in ids), default=0) + self._sequence_overhead()
+        plan = plan_training_memory(
+            model, max_memory_gb=budget, longest_sequence=longest,
+            trained_layers=self.last_layers_,
+            # GPU activations do not count against host RAM; the budget then caps the GPU's
+            resident_bytes=0 if device.startswith("cuda") else None,
+        )
+        if plan.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        logger.info("%s: %s; longest input %d tokens", self.router_type, plan.describe(), longest)
+        return plan
 
     def _top_layers(self, model: Any) -> list[int] | None:
         """Indices of the layers ``train_last_layers`` keeps trainable (None: all)."""
-        if self.train_last_layers is None:
+        last = getattr(self, "last_layers_", self.train_last_layers)
+        if last is None or last == "auto":
             return None
         n_layers = getattr(model.config, "num_hidden_layers", None)
         if not isinstance(n_layers, int):
@@ -543,7 +658,7 @@ class NeuralWinPredictor(WinPredictor):
                 f"train_last_layers needs a model config with num_hidden_layers; "
                 f"{type(model).__name__} has none"
             )
-        return list(range(max(0, n_layers - self.train_last_layers), n_layers))
+        return list(range(max(0, n_layers - last), n_layers))
 
     def _freeze_lower_layers(self, model: Any) -> None:
         keep = set(self._top_layers(model) or [])
@@ -578,23 +693,37 @@ class NeuralWinPredictor(WinPredictor):
         logger.info("LoRA r=%d: %d of %d parameters trainable", self.lora_r, trainable, total)
         return model
 
-    def _loader(self, data: WinTargets, *, shuffle: bool, batch_size: int) -> Any:
+    def _loader(
+        self, data: WinTargets, ids: list[list[int]], *, shuffle: bool, batch_size: int
+    ) -> Any:
+        """Batches of ``batch_size`` examples of similar length, each cut into micro-batches.
+
+        A batch is a list of micro-batches (dicts of tensors with ``targets`` and ``weights``)
+        that together hold ``batch_size`` examples and each fit the memory plan.
+        """
         import torch
         from torch.utils.data import DataLoader
 
+        from prefroute.routers.memory_plan import micro_batches
+
         targets = torch.from_numpy(data.targets)
         weights = torch.from_numpy(data.weights)
-        prompts = data.prompts
+        overhead = self._sequence_overhead()
+        lengths = [len(q) + overhead for q in ids]
+        plan = self.memory_plan_
 
-        def collate(rows: list[int]) -> dict[str, Any]:
-            batch = self._encode([prompts[i] for i in rows])
-            batch["targets"] = targets[rows]
-            batch["weights"] = weights[rows]
-            return batch
+        def collate(rows: list[int]) -> list[dict[str, Any]]:
+            parts = []
+            for group in micro_batches([lengths[i] for i in rows], plan):
+                picked = [rows[g] for g in group]
+                batch = self._collate([ids[i] for i in picked])
+                batch["targets"] = targets[picked]
+                batch["weights"] = weights[picked]
+                parts.append(batch)
+            return parts
 
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(list(range(len(data))), batch_size=batch_size, shuffle=shuffle,
-                          collate_fn=collate, generator=generator if shuffle else None)
+        sampler = LengthBucketedBatchSampler(lengths, batch_size, shuffle=shuffle, seed=self.seed)
+        return DataLoader(list(range(len(data))), batch_sampler=sampler, collate_fn=collate)
 
     def _batch_losses(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
         """(weighted per-example losses [B], weights [B], class logits [B, 3], targets)."""
@@ -610,20 +739,25 @@ class NeuralWinPredictor(WinPredictor):
         model.eval()
         loss_sum = weight_sum = correct = n = 0.0
         with torch.inference_mode():
-            for batch in loader:
-                losses, weights, class_logits, targets = self._batch_losses(model, batch)
-                losses, weights, class_logits, targets = accelerator.gather_for_metrics(
-                    (losses, weights, class_logits, targets)
-                )
-                loss_sum += float(losses.sum())
-                weight_sum += float(weights.sum())
-                correct += float((class_logits.argmax(-1) == targets.argmax(-1)).sum())
-                n += len(targets)
+            for parts in loader:
+                for batch in parts:
+                    losses, weights, class_logits, targets = self._batch_losses(model, batch)
+                    losses, weights, class_logits, targets = accelerator.gather_for_metrics(
+                        (losses, weights, class_logits, targets)
+                    )
+                    loss_sum += float(losses.sum())
+                    weight_sum += float(weights.sum())
+                    correct += float((class_logits.argmax(-1) == targets.argmax(-1)).sum())
+                    n += len(targets)
         model.train()
         return {"val_loss": loss_sum / max(weight_sum, 1e-12), "val_accuracy": correct / max(n, 1)}
 
     def _train_loop(
-        self, model: Any, train: WinTargets, val: WinTargets, accelerator: Any
+        self,
+        model: Any,
+        train_data: tuple[WinTargets, list[list[int]]],
+        val_data: tuple[WinTargets, list[list[int]]],
+        accelerator: Any,
     ) -> tuple[Any, dict[str, Any]]:
         import torch
         from tqdm.auto import tqdm
@@ -638,8 +772,9 @@ class NeuralWinPredictor(WinPredictor):
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
         )
-        train_loader = self._loader(train, shuffle=True, batch_size=self.batch_size)
-        val_loader = (self._loader(val, shuffle=False, batch_size=self.batch_size)
+        (train, train_ids), (val, val_ids) = train_data, val_data
+        train_loader = self._loader(train, train_ids, shuffle=True, batch_size=self.batch_size)
+        val_loader = (self._loader(val, val_ids, shuffle=False, batch_size=self.batch_size)
                       if len(val) else None)
         steps_per_epoch = max(1, math.ceil(len(train_loader) / self.grad_accum_steps))
         total_steps = steps_per_epoch * self.epochs
@@ -679,21 +814,34 @@ class NeuralWinPredictor(WinPredictor):
         model.train()
         step, window = 0, []
         done = False
+        started = time.time()
         for epoch in range(self.epochs):
-            for batch in train_loader:
+            for parts in train_loader:
                 with accelerator.accumulate(model):
-                    losses, weights, _, _ = self._batch_losses(model, batch)
-                    loss = losses.sum() / weights.sum().clamp_min(1e-12)
-                    accelerator.backward(loss)
+                    # the micro-batches of one batch add up to the batch's weighted mean loss
+                    total_weight = sum(p["weights"].sum() for p in parts).clamp_min(1e-12)
+                    loss = 0.0
+                    for batch in parts:
+                        losses, _, _, _ = self._batch_losses(model, batch)
+                        part_loss = losses.sum() / total_weight
+                        accelerator.backward(part_loss)
+                        loss = loss + part_loss.detach()
                     if accelerator.sync_gradients and self.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                window.append(loss.detach())
+                window.append(loss)
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
+                if step == 1 and total_steps > 1:
+                    first = time.time() - started
+                    logger.warning(
+                        "%s: the first of %d training steps took %.0f s; expect about %.0f "
+                        "minutes in all", self.router_type, total_steps, first,
+                        first * total_steps * 1.1 / 60,
+                    )
                 mean_loss = float(accelerator.reduce(torch.stack(window).mean(), "mean"))
                 window = []
                 curve["step"].append(step)
@@ -740,21 +888,27 @@ class NeuralWinPredictor(WinPredictor):
     def class_probs(self, prompts: Sequence[str]) -> np.ndarray:
         """[n, 3] probabilities of (strong wins, tie, weak wins) per prompt."""
         import torch
+        from tqdm.auto import tqdm
 
-        prompts = list(prompts)
         model = self.model_
         device = next(model.parameters()).device
         precision = getattr(self, "precision_", "no")
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        out = np.empty((len(prompts), 3), dtype=np.float64)
+        ids = self._query_ids(list(prompts))
+        # sorted by length, a pass pads little; memory is bounded by step x max_length
+        order = np.argsort([len(q) for q in ids], kind="stable")
+        out = np.empty((len(ids), 3), dtype=np.float64)
         step = self.predict_batch_size or (8 if device.type == "cpu" else 64)
+        bar = tqdm(total=len(ids), desc=f"score {self.router_type}", unit="prompt",
+                   disable=not self.progress or len(ids) <= 4 * step)
         with (torch_threads(self.torch_threads), torch.inference_mode(),
               autocast_context(str(device), precision)):
-            for start in range(0, len(prompts), step):
+            for start in range(0, len(ids), step):
                 rows = order[start : start + step]
-                batch = to_device(self._encode([prompts[i] for i in rows]), device)
+                batch = to_device(self._collate([ids[i] for i in rows]), device)
                 _, class_logits = self._outputs(model, batch)
                 out[rows] = torch.softmax(class_logits.float(), dim=-1).cpu().numpy()
+                bar.update(len(rows))
+        bar.close()
         return out
 
     def _predict(self, prompts: list[str]) -> np.ndarray:

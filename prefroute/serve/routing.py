@@ -21,7 +21,7 @@ from prefroute.calibrate import threshold_at_rate
 from prefroute.compat.names import routellm_model_alias
 from prefroute.errors import ConfigError
 from prefroute.router import Router, load_router
-from prefroute.serve.errors import InvalidRequestError
+from prefroute.serve.errors import InvalidRequestError, ModelNotFoundError
 from prefroute.serve.settings import RoutersSpec, UpstreamSettings
 
 MODEL_PREFIX = "router-"
@@ -192,7 +192,7 @@ class RouterTable:
             )
         parsed = parse_model_name(model, self.routers)
         if parsed is None:
-            raise InvalidRequestError(
+            raise ModelNotFoundError(
                 f"unknown model {model!r}: this server routes with {self._examples()} "
                 "(router-<name>@<percent> sends that share of calls to the strong model, "
                 "router-<name>-<threshold> picks a threshold in [0, 1]); GET /v1/models lists them",

@@ -13,6 +13,7 @@ from prefroute.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:  # a type only: importing the router stack here would slow `prefroute --help`
     from prefroute.router import Router
+from prefroute.serve.shaping import RequestShaping
 
 if TYPE_CHECKING:
     from prefroute.serve.budget import BudgetSettings
@@ -88,6 +89,26 @@ class ServeSettings:
     latency_window: how many recent requests the latency percentiles cover.
     host, port: where ``prefroute serve`` listens.
     budget: the online threshold controller (a strong share or a spend rate to hold), or None.
+    log_dir, log_responses, shadow_rate, shadow_seed: the preference loop's request journal,
+        whether it keeps answer texts, the fraction of requests also sent to the other side
+        in the background, and that sampling's seed (``prefroute.serve.journal``).
+    failover: when the chosen upstream fails before any byte reached the client, the other
+        side answers (``x-prefroute-failover: true``).
+    breaker_failures, breaker_cooldown_s: after this many failures in a row an upstream is
+        skipped for the cool-down, then tried again with one request.
+    api_key_file: a file of client API keys (one per line); with it, or with
+        ``$PREFROUTE_API_KEYS``, ``/v1/*`` needs ``Authorization: Bearer <key>``.
+    max_body_bytes: larger request bodies get 413 before they are read.
+    body_timeout_s: a request body must arrive within this time (else 408).
+    header_timeout_s: a connection must complete its request headers within this time of
+        opening (or of its last response), else it is closed (slow-client defence).
+    keep_alive_s: idle keep-alive connections from clients are closed after this.
+    max_client_connections: the most open client connections; more get 503.
+    upstream_keepalive_s: idle pooled upstream connections are dropped after this; keep it
+        below the upstream's own keep-alive timeout (uvicorn: 5 s).
+    shaping: per-side parameters to drop or rename (``--config serve.toml``, see shaping.py).
+    check_models: warn at start-up for model names an upstream's /models does not list.
+    otel: emit OpenTelemetry spans (needs the ``otel`` extra).
     """
 
     routers: RoutersSpec
@@ -103,11 +124,43 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 6060
     budget: BudgetSettings | None = None
+    log_dir: str | Path | None = None
+    log_responses: bool = False
+    shadow_rate: float = 0.0
+    shadow_seed: int | None = None
+    failover: bool = True
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    api_key_file: str | Path | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_client_connections: int = 2048
+    upstream_keepalive_s: float = 2.0
+    shaping: Mapping[str, RequestShaping] = field(default_factory=dict)
+    check_models: bool = True
+    otel: bool = False
 
     def __post_init__(self) -> None:
         owner = "ServeSettings"
         check_choice("routing_text", owner, self.routing_text, ROUTING_TEXTS)
-        _check_positive(owner, "upstream_timeout", self.upstream_timeout)
+        for name in (
+            "upstream_timeout",
+            "breaker_cooldown_s",
+            "body_timeout_s",
+            "header_timeout_s",
+            "keep_alive_s",
+            "upstream_keepalive_s",
+        ):
+            _check_positive(owner, name, getattr(self, name))
+        for name in ("breaker_failures", "max_body_bytes", "max_client_connections"):
+            _check_positive_int(owner, name, getattr(self, name))
+        unknown = set(self.shaping) - {"strong", "weak"}
+        if unknown:
+            raise ConfigError(
+                f"{owner}: shaping sides must be strong or weak, got {sorted(unknown)}"
+            )
         if (
             not isinstance(self.batch_window_ms, (int, float))
             or not 0 <= self.batch_window_ms <= 1000

@@ -1,0 +1,159 @@
+"""Label efficiency: APGR against the number of labelled prompts, `augment select` vs random.
+
+For MMLU, GSM8K (RouteLLM's gpt-4 vs Mixtral outcomes) and MMLU-Pro (gpt-4o vs Mixtral):
+one grouped, stratified 5-fold split (seed 0; near-copies in one fold); fold 0 is the test
+set, the other folds the pool. From the pool, N prompts (50 ... 1,600, at most the pool)
+get their golden label, picked either uniformly at random or by ``select_prompts``
+(cluster coverage of the embedding + surface-feature space; no router, so no uncertainty
+term). A logistic router (``routers.logistic``: wordllama + surface features) trains on
+those N labels only and is scored on the test fold (APGR, RouteLLM's deciles). 5 seeds.
+
+    nice -n 10 python benchmarks/bench_label_efficiency.py
+
+Writes ``benchmarks/out/label_efficiency.json`` and
+``benchmarks/figures/label_efficiency.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = (ROOT.parent / "shared" / "data").resolve()
+SIZES = (50, 100, 200, 400, 800, 1600)
+PAIRS = {"mmlu": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+         "gsm8k": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+         "mmlu_pro": ("gpt-4o-2024-05-13", "Mixtral-8x7B-Instruct-v0.1")}
+
+
+def run(bench: str, data_dir: Path, seeds: int) -> dict:
+    from scipy.special import expit
+
+    from prefroute.data.outcomes import load_outcomes
+    from prefroute.embed.features import FeatureAugmentedEmbedder
+    from prefroute.evaluate.metrics import router_metrics
+    from prefroute.evaluate.protocols import crossfit_folds
+    from prefroute.routers.logistic import fit_soft_logistic
+    from prefroute.selection import select_prompts
+
+    strong, weak = PAIRS[bench]
+    table = load_outcomes(bench, data_dir)
+    table = table.subset(np.flatnonzero(table.complete_rows([strong, weak])))
+    folds = crossfit_folds(table, strong, weak, n_folds=5, seed=0)
+    # one row per distinct prompt in the pool, so N labels are N different prompts
+    pool_rows = np.flatnonzero(folds != 0)
+    _, first = np.unique(np.array([table.prompts[i] for i in pool_rows], dtype=object),
+                         return_index=True)
+    pool_rows = pool_rows[np.sort(first)]
+    test_rows = np.flatnonzero(folds == 0)
+    pool = [table.prompts[i] for i in pool_rows]
+    embedder = FeatureAugmentedEmbedder(feature_weight=1.0).fit(pool)
+    x_pool = embedder.encode(pool).astype(np.float64)
+    x_test = embedder.encode([table.prompts[i] for i in test_rows]).astype(np.float64)
+    s_pool, w_pool = table.column(strong)[pool_rows], table.column(weak)[pool_rows]
+    labels = (s_pool - w_pool + 1.0) / 2.0
+    s_test, w_test = table.column(strong)[test_rows], table.column(weak)[test_rows]
+
+    def apgr_of(idx: np.ndarray) -> float:
+        coef, intercept = fit_soft_logistic(x_pool[idx], labels[idx], np.ones(len(idx)), c=1.0)
+        probs = expit(x_test @ coef + intercept)
+        return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
+
+    sizes = [n for n in SIZES if n <= len(pool)]
+    curves: dict[str, list[list[float]]] = {"random": [], "select": []}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        curves["random"].append([apgr_of(rng.choice(len(pool), n, replace=False))
+                                 for n in sizes])
+        curves["select"].append([apgr_of(select_prompts(pool, n, seed=seed,
+                                                        vectors=x_pool).indices)
+                                 for n in sizes])
+        print(f"[{bench}] seed {seed}: random {np.round(curves['random'][-1], 3).tolist()} "
+              f"select {np.round(curves['select'][-1], 3).tolist()}", flush=True)
+    full = apgr_of(np.arange(len(pool)))
+    mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
+    target = mean["random"][-1]
+    reached = [n for n, m in zip(sizes, mean["select"], strict=True) if m >= target]
+    return {"benchmark": bench, "pair": [strong, weak], "pool": len(pool),
+            "test": len(test_rows), "sizes": sizes, "curves": curves,
+            "mean": {k: v.tolist() for k, v in mean.items()},
+            "sd": {k: np.std(v, axis=0, ddof=1).tolist() for k, v in curves.items()},
+            "all_pool_labels_apgr": full,
+            "select_first_size_reaching_random_at_max": reached[0] if reached else None}
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
+    colours = {"random": "tab:grey", "select": "tab:blue"}
+    labels = {"random": "random prompts", "select": "augment select (cluster coverage)"}
+    for ax, (bench, r) in zip(axes[0], results.items(), strict=True):
+        sizes = np.array(r["sizes"])
+        for key in ("random", "select"):
+            m, sd = np.array(r["mean"][key]), np.array(r["sd"][key])
+            ax.plot(sizes, m, marker="o", color=colours[key],
+                    label=f"{labels[key]}, mean of {len(r['curves'][key])} seeds")
+            ax.fill_between(sizes, m - sd, m + sd, color=colours[key], alpha=0.2)
+        ax.axhline(r["all_pool_labels_apgr"], color="tab:green", linestyle=":",
+                   label=f"all {r['pool']} pool labels")
+        ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="random router (0.5)")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlabel("labelled prompts (golden labels)")
+        ax.set_ylabel(f"APGR on {r['test']} held-out prompts")
+        ax.set_title(f"{bench}: logistic router, band = ±1 sd")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--benchmarks", default="mmlu,gsm8k,mmlu_pro")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "benchmarks" / "out" / "label_efficiency.json")
+    parser.add_argument("--figure", type=Path,
+                        default=ROOT / "benchmarks" / "figures" / "label_efficiency.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from --out's JSON")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["results"], args.figure)
+        return
+    from prefroute.io import atomic_write_text
+
+    started = time.perf_counter()
+    results = {b: run(b, args.data_dir, args.seeds) for b in args.benchmarks.split(",")}
+    out = {"seconds": time.perf_counter() - started, "load_average": os.getloadavg(),
+           "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(out, indent=1))
+    plot(results, args.figure)
+    for bench, r in results.items():
+        print(f"\n{bench} (pool {r['pool']}, test {r['test']})")
+        print("| labels | random APGR (mean ± sd) | select APGR (mean ± sd) |")
+        print("|---:|---|---|")
+        for i, n in enumerate(r["sizes"]):
+            print(f"| {n} | {r['mean']['random'][i]:.3f} ± {r['sd']['random'][i]:.3f} | "
+                  f"{r['mean']['select'][i]:.3f} ± {r['sd']['select'][i]:.3f} |")
+        print(f"all pool labels: {r['all_pool_labels_apgr']:.3f}; select first reaches random's "
+              f"APGR at {r['sizes'][-1]} with {r['select_first_size_reaching_random_at_max']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Which prompts to label next: coverage of the embedding space, plus router uncertainty.
+
+``select_prompts`` picks ``budget`` distinct prompts from a pool:
+
+``method="kmeans"`` (default)
+    Cluster coverage: k-means with ``budget`` clusters over the prompts' embeddings
+    (wordllama + standardised surface features, so long and numeric prompts spread out too;
+    projected on their top 32 principal directions, which keeps k-means fast);
+    from each cluster a seeded random member (stratified sampling), or, with router
+    probabilities, the member with the best mix of closeness to the centre and uncertainty.
+``method="kcenter"``
+    Greedy k-center (farthest-first) on cosine distance, each distance scaled by
+    ``1 - w + w * uncertainty``.
+
+Uncertainty is ``1 - |2 P(strong) - 1|`` (1 at the decision boundary); with several
+members (auto) their spread adds disagreement. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from prefroute.embed.base import Embedder
+from prefroute.errors import ConfigError, check_choice, check_int, check_range
+
+METHODS = ("kmeans", "kcenter")
+PCA_DIMS = 32
+
+
+@dataclass(frozen=True)
+class Selection:
+    """indices into the pool, in pick order; uncertainty of each pick (NaN: no router)."""
+
+    indices: np.ndarray
+    uncertainty: np.ndarray
+    method: str
+
+
+def uncertainty_of(strong_win_prob: np.ndarray | None,
+                   member_probs: np.ndarray | None = None) -> np.ndarray | None:
+    """1 - |2p - 1| (closeness to the boundary), plus members' spread when given, in [0, 1]."""
+    if strong_win_prob is None:
+        return None
+    p = np.asarray(strong_win_prob, dtype=np.float64)
+    u = 1.0 - np.abs(2.0 * p - 1.0)
+    if member_probs is not None and member_probs.ndim == 2 and member_probs.shape[1] > 1:
+        spread = member_probs.std(axis=1) * 2.0  # std of values in [0, 1] is at most 0.5
+        u = 0.5 * u + 0.5 * np.clip(spread, 0.0, 1.0)
+    return u
+
+
+def pool_vectors(prompts: Sequence[str], embedder: str | dict | Embedder = "wordllama"
+                 ) -> np.ndarray:
+    """wordllama embedding + surface features of the pool (the space coverage is judged in)."""
+    from prefroute.embed.features import FeatureAugmentedEmbedder
+
+    features = FeatureAugmentedEmbedder(inner=embedder, feature_weight=0.5)
+    features.fit(list(prompts))
+    return features.encode(list(prompts))
+
+
+def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
+                   method: str = "kmeans", vectors: np.ndarray | None = None,
+                   strong_win_prob: np.ndarray | None = None,
+                   member_probs: np.ndarray | None = None, uncertainty_weight: float = 0.5,
+                   embedder: str | dict | Embedder = "wordllama") -> Selection:
+    """Pick ``budget`` distinct prompts of ``prompts`` to label (see the module docstring).
+
+    Identical prompts count once. ``vectors`` skips embedding (one row per prompt).
+    """
+    check_int("budget", "select_prompts", budget)
+    check_int("seed", "select_prompts", seed, low=0)
+    check_choice("method", "select_prompts", method, METHODS)
+    check_range("uncertainty_weight", "select_prompts", uncertainty_weight, low=0.0, high=1.0)
+    prompts = list(prompts)
+    first = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(p, i)
+    distinct = np.array(sorted(first.values()), dtype=np.int64)
+    if budget > len(distinct):
+        raise ConfigError(f"--budget {budget} is more than the pool's {len(distinct)} "
+                          "distinct prompts")
+    if vectors is None:
+        vectors = pool_vectors(prompts, embedder)
+    if len(vectors) != len(prompts):
+        raise ConfigError(f"{len(vectors)} vectors for {len(prompts)} prompts")
+    x = np.asarray(vectors, dtype=np.float32)[distinct]
+    u_all = uncertainty_of(strong_win_prob, member_probs)
+    u = None if u_all is None else np.asarray(u_all, dtype=np.float64)[distinct]
+    if method == "kmeans":
+        picks = _cluster_cover(x, budget, seed, u, uncertainty_weight)
+    else:
+        picks = _k_center(x, budget, seed, u, uncertainty_weight)
+    chosen = distinct[picks]
+    unc = np.full(len(chosen), np.nan) if u is None else u[picks]
+    return Selection(indices=chosen, uncertainty=unc, method=method)
+
+
+def _cluster_cover(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
+                   weight: float) -> np.ndarray:
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    if budget == len(x):
+        return np.arange(len(x))
+    # k-means cost grows with n * budget * dim: cluster in the top principal directions
+    if x.shape[1] > PCA_DIMS and len(x) > PCA_DIMS:
+        x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x).astype(np.float32)
+    km = KMeans(n_clusters=budget, n_init=1, max_iter=30, random_state=seed).fit(x)
+    if u is None:
+        # no router: a seeded random member per cluster. Stratified sampling keeps the pool's
+        # spread (lengths, difficulty) that medoids, the most typical prompts, lose; on MMLU
+        # medoid picks trained routers below random picks (benchmarks/RESULTS.md, issue 15).
+        score = np.random.default_rng(seed).random(len(x))
+    else:
+        dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
+        closeness = 1.0 - dist / max(float(dist.max()), 1e-12)
+        score = (1.0 - weight) * closeness + weight * u
+    picks = []
+    taken = np.zeros(len(x), dtype=bool)
+    for c in range(budget):
+        members = np.flatnonzero((km.labels_ == c) & ~taken)
+        if len(members) == 0:  # an empty cluster: the best free prompt anywhere
+            members = np.flatnonzero(~taken)
+        best = members[np.argmax(score[members])]
+        taken[best] = True
+        picks.append(best)
+    return np.array(picks, dtype=np.int64)
+
+
+def _k_center(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
+              weight: float) -> np.ndarray:
+    scale = np.ones(len(x)) if u is None else (1.0 - weight) + weight * u
+    start = int(np.random.default_rng(seed).integers(len(x)))
+    picks = [start]
+    min_dist = 1.0 - x @ x[start]
+    min_dist[start] = -np.inf
+    for _ in range(budget - 1):
+        nxt = int(np.argmax(min_dist * scale))
+        picks.append(nxt)
+        min_dist = np.minimum(min_dist, 1.0 - x @ x[nxt])
+        min_dist[picks] = -np.inf
+    return np.array(picks, dtype=np.int64)

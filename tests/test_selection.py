@@ -1,0 +1,71 @@
+"""`augment select`: distinct, deterministic picks that feed `augment golden`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from prefroute.cli.main import app
+from prefroute.data.outcomes import load_outcomes
+from prefroute.errors import ConfigError
+from prefroute.selection import pool_vectors, select_prompts
+
+
+@pytest.fixture(scope="module")
+def gsm8k_pool(data_dir):
+    table = load_outcomes("gsm8k", data_dir)
+    prompts = table.prompts[:400]
+    return prompts, pool_vectors(prompts)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "kcenter"])
+def test_select_returns_n_distinct_prompts_deterministically(gsm8k_pool, method):
+    prompts, vectors = gsm8k_pool
+    pool = prompts + prompts[:50]  # repeated prompts count once
+    vecs = np.concatenate([vectors, vectors[:50]])
+    a = select_prompts(pool, 60, seed=3, method=method, vectors=vecs)
+    b = select_prompts(pool, 60, seed=3, method=method, vectors=vecs)
+    assert len(a.indices) == 60
+    assert len({pool[i] for i in a.indices}) == 60
+    np.testing.assert_array_equal(a.indices, b.indices)
+    other = select_prompts(pool, 60, seed=4, method=method, vectors=vecs)
+    assert not np.array_equal(np.sort(other.indices), np.sort(a.indices))
+
+
+def test_uncertainty_moves_picks_towards_the_boundary(gsm8k_pool):
+    prompts, vectors = gsm8k_pool
+    probs = np.random.default_rng(0).random(len(prompts))
+    plain = select_prompts(prompts, 40, vectors=vectors)
+    uncertain = select_prompts(prompts, 40, vectors=vectors, strong_win_prob=probs,
+                               uncertainty_weight=0.9)
+    boundary = 1 - np.abs(2 * probs - 1)
+    assert boundary[uncertain.indices].mean() > boundary[plain.indices].mean() + 0.1
+    assert np.isnan(plain.uncertainty).all() and np.isfinite(uncertain.uncertainty).all()
+
+
+def test_select_refuses_a_budget_beyond_the_pool(gsm8k_pool):
+    prompts, vectors = gsm8k_pool
+    with pytest.raises(ConfigError, match="distinct prompts"):
+        select_prompts(prompts[:10] * 3, 11, vectors=np.concatenate([vectors[:10]] * 3))
+
+
+def test_cli_select_feeds_augment_golden(tmp_path, data_dir):
+    runner = CliRunner()
+    picks, ids = tmp_path / "picks.jsonl", tmp_path / "ids.txt"
+    result = runner.invoke(app, ["augment", "select", "--table", "gsm8k", "--budget", "25",
+                                 "--data-dir", str(data_dir), "--out", str(picks),
+                                 "--ids-out", str(ids), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in picks.read_text().splitlines()]
+    assert len(rows) == 25 and len({r["prompt_id"] for r in rows}) == 25
+    golden = tmp_path / "golden.jsonl"
+    result = runner.invoke(app, ["augment", "golden", "--table", "gsm8k", "--strong",
+                                 "gpt-4-1106-preview", "--weak",
+                                 "mistralai/Mixtral-8x7B-Instruct-v0.1", "--data-dir",
+                                 str(data_dir), "--ids-file", str(ids), "--out", str(golden)])
+    assert result.exit_code == 0, result.output
+    battles = [json.loads(line) for line in golden.read_text().splitlines()]
+    assert {b["prompt"] for b in battles} == {r["prompt"] for r in rows}
