@@ -70,11 +70,13 @@ def ensure_checkpoints(out: Path, data_dir: Path) -> dict[str, Path]:
     from prefroute.router import Router
     from prefroute.training import load_training_battles, train_router
 
-    paths = {name: out / "ckpt" / name for name in ("sw_bt", "mf")}
+    paths = {name: out / "ckpt" / name for name in ("sw_bt", "mf", "random")}
     if all((p / "config.json").exists() for p in paths.values()):
         return paths
     battles = load_training_battles(["alpaca_eval"], data_dir)
     for name, path in paths.items():
+        if (path / "config.json").exists():
+            continue
         params = {"progress": False} if name == "mf" else {}
         predictor = train_router(name, battles, strong_model=PAIR[0], weak_model=PAIR[1], **params)
         Router(predictor).save_pretrained(path)
@@ -107,16 +109,21 @@ def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(peak RSS in MB of the command and its children, sampled every 20 ms; wall s)."""
+    """(peak memory in MB of the command and its children, sampled every 50 ms; wall s).
+
+    Memory is PSS (proportional set size): forked workers share the parent's pages, which
+    plain RSS would count once per process.
+    """
     start = time.perf_counter()
     proc = psutil.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while proc.poll() is None:
         try:
-            peak = max(peak, sum(p.memory_info().rss for p in [proc, *proc.children(True)]))
+            family = [proc, *proc.children(True)]
+            peak = max(peak, sum(p.memory_full_info().pss for p in family))
         except psutil.Error:
             pass
-        time.sleep(0.02)
+        time.sleep(0.05)
     err = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
@@ -209,6 +216,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-sizes", default="100000,500000,1000000,2000000")
     parser.add_argument("--rss-before-sizes", default="100000,200000")
+    parser.add_argument("--rss-router", default="mf", help="sw_bt, mf or random")
     parser.add_argument("--scale-n", type=int, default=200_000, help="rows for workers / Ray")
     parser.add_argument("--before", default=BEFORE_COMMIT)
     args = parser.parse_args()
@@ -253,7 +261,13 @@ def main() -> None:
                                                  "rate": args.scale_n / wall}
                 print(name, label, round(wall, 1), "s")
         if "ray" in parts:
-            for name in ("mf",):
+            for name in ("mf",):  # the plain command right before Ray, for a fair pair
+                wall, cpu = run_timed([*cli, str(ckpts[name]), "--prompts", str(scale), "--out",
+                                       str(args.out / "scale_scores.parquet"), "--id-field", "id",
+                                       "--overwrite"], env_after)
+                scale_runs[f"{name} plain CLI, default options (next to Ray)"] = {
+                    "wall": wall, "cpu": cpu, "rate": args.scale_n / wall}
+                print(name, "plain next to ray", round(wall, 1), "s")
                 out = args.out / "scale_ray"
                 wall, cpu = run_timed([*cli, str(ckpts[name]), "--prompts", str(scale), "--out",
                                        str(out), "--id-field", "id", "--overwrite",
@@ -269,8 +283,8 @@ def main() -> None:
             source = args.out / f"rss_{size}.parquet"
             pq.write_table(cycled_table(base, size), source, row_group_size=65_536)
             out = args.out / "rss_scores.parquet"
-            mb, wall = peak_rss([*cli, str(ckpts["mf"]), "--prompts", str(source), "--out",
-                                 str(out), "--id-field", "id", "--overwrite"], env_after)
+            mb, wall = peak_rss([*cli, str(ckpts[args.rss_router]), "--prompts", str(source),
+                                 "--out", str(out), "--id-field", "id", "--overwrite"], env_after)
             rss["after"][size] = {"peak_mb": mb, "wall": wall,
                                   "input_mb": source.stat().st_size / 1e6}
             source.unlink()
@@ -282,22 +296,22 @@ def main() -> None:
             out = args.out / "rss_scores.jsonl"
             out.unlink(missing_ok=True)
             env_before = {**os.environ, "PYTHONPATH": str(before_tree)}
-            mb, wall = peak_rss([*cli, str(ckpts["mf"]), "--prompts", str(source), "--out",
-                                 str(out)], env_before)
+            mb, wall = peak_rss([*cli, str(ckpts[args.rss_router]), "--prompts", str(source),
+                                 "--out", str(out)], env_before)
             rss["before"][size] = {"peak_mb": mb, "wall": wall,
                                    "input_mb": source.stat().st_size / 1e6}
             source.unlink()
             print("rss before", size, round(mb), "MB", round(wall), "s")
         report["rss"] = rss
-        plot_rss(rss, args.out / "score_rss.png")
+        plot_rss(rss, args.out / f"score_rss_{args.rss_router}.png", args.rss_router)
 
     report["load_after"] = os.getloadavg()
-    name = f"score_bench_{'_'.join(sorted(parts))}.json"
+    name = f"score_bench_{'_'.join(sorted(parts))}_{args.rss_router}.json"
     (args.out / name).write_text(json.dumps(report, indent=1, default=str))
     print("load average before/after:", report["load_before"], report["load_after"])
 
 
-def plot_rss(rss: dict, path: Path) -> None:
+def plot_rss(rss: dict, path: Path, router: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,8 +328,8 @@ def plot_rss(rss: dict, path: Path) -> None:
             ax.plot(xs, ys, marker=marker, color=colour, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("prompts in the input file (MMLU-Pro questions, ~500 characters)")
-    ax.set_ylabel("peak resident memory, MB (all processes)")
-    ax.set_title("Memory of `prefroute score` (mf router) against input size")
+    ax.set_ylabel("peak memory (PSS), MB, all processes")
+    ax.set_title(f"Memory of `prefroute score` ({router} router) against input size")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")

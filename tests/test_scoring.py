@@ -223,7 +223,7 @@ def test_a_million_row_file_streams_in_bounded_memory(mf_router, data_dir, tmp_p
 @pytest.mark.slow  # starts a Ray cluster: ~20 s on a quiet machine
 def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     ray = pytest.importorskip("ray")
-    from prefroute.scoring.ray_engine import score_with_ray
+    from prefroute.scoring.ray_engine import init_ray, score_with_ray
 
     router, checkpoint = mf_router
     n = 2000
@@ -232,7 +232,7 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     local = tmp_path / "local.parquet"
     score_file(router, source, local, id_field="request_id", with_decision=True, workers=1,
                batch_size=300, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = score_with_ray(checkpoint, source, tmp_path / "ray_out", id_field="request_id",
                               with_decision=True, batch_size=300)

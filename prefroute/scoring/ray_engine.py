@@ -40,6 +40,21 @@ def _import_ray() -> Any:
     return ray
 
 
+def init_ray(attempts: int = 3, **kwargs: Any) -> None:
+    """``ray.init``, retried when a new local node misses Ray's fixed 30 s start-up deadline
+    (it does on a heavily loaded machine)."""
+    ray = _import_ray()
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            logger.warning("Ray node start-up timed out (attempt %d); retrying", attempt)
+            ray.shutdown()
+
+
 def checkpoint_files(directory: Path) -> dict[str, bytes]:
     """Every regular file under a checkpoint folder by relative path (links are refused)."""
     files: dict[str, bytes] = {}
@@ -143,7 +158,7 @@ def score_with_ray(
     columns = [prompt_field] + ([id_field] if id_field and id_field != prompt_field else [])
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        init_ray(address=address, include_dashboard=False, log_to_driver=False)
     elif address is not None:
         logger.info("Ray is already initialised in this process; --address %s not used", address)
     context = ray.data.DataContext.get_current()
