@@ -51,9 +51,9 @@ def _worker_init() -> None:
     threadpool_limits(1)
 
 
-def _worker_score(prompts: pa.Array, batch_size: int) -> np.ndarray:
+def _worker_score(prompts: list[str], batch_size: int) -> np.ndarray:
     assert _WORKER_ROUTER is not None
-    return score_prompts(_WORKER_ROUTER, prompts, batch_size)
+    return _WORKER_ROUTER.predictor.predict_proba(prompts, batch_size=batch_size)
 
 
 def score_batches(
@@ -73,7 +73,8 @@ def score_batches(
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         try:
             for prompts in prompt_arrays:
-                pending.append(pool.submit(_worker_score, prompts, batch_size))
+                # plain strings: a pickled Arrow slice would carry its whole row group's buffer
+                pending.append(pool.submit(_worker_score, prompts.to_pylist(), batch_size))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
