@@ -142,7 +142,7 @@ def test_cli_errors_name_file_row_and_field_and_keep_existing_output(mf_router, 
     csv_file.write_bytes("\ufeffid,prompt\na,hello\nb,  \n".encode())
     done = _run_cli(str(checkpoint), "--prompts", str(csv_file), "--out", str(out),
                     "--id-field", "id")
-    assert done.returncode == 2 and "row 2, field 'prompt': empty prompt" in done.stderr
+    assert done.returncode == 2 and "row 3, field 'prompt': empty prompt" in done.stderr
 
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "Prove Fermat\'s little theorem."}\n')

@@ -33,8 +33,8 @@ FORMATS = ("jsonl", "csv", "parquet", "text")
 class PromptBatch:
     """Consecutive input records: their prompts, their ids (or None) and row numbers.
 
-    ``rows`` are the numbers an error names: the line for JSON Lines and text, the 1-based
-    record for CSV (after the header) and Parquet.
+    ``rows`` are the numbers an error names, counted as ``prefroute.validate`` does: the line
+    for JSON Lines and text, the CSV row with the header as row 1, the 1-based Parquet record.
     """
 
     prompts: pa.Array
@@ -226,7 +226,7 @@ def _arrow_batches(
     prompt_type = dataset.schema.field(prompt_field).type
     if not (pa.types.is_string(prompt_type) or pa.types.is_large_string(prompt_type)):
         raise DataError(f"expected a text column, got {prompt_type}", file=name, field=prompt_field)
-    start = 1
+    start = 2 if fmt == "csv" else 1  # as prefroute.validate counts: a CSV header is row 1
     scanner = dataset.to_batches(
         columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
     )
@@ -266,7 +266,7 @@ def _locate_csv_error(path: Path, columns: list[str]) -> None:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text)
         header = next(reader, [])
-        for row_no, record in enumerate(reader, start=1):
+        for row_no, record in enumerate(reader, start=2):
             if len(record) != len(header):
                 raise DataError(
                     f"expected {len(header)} fields, got {len(record)}", file=name, row=row_no
