@@ -1,35 +1,89 @@
-"""`prefroute score`: P(strong wins) for each prompt of a file."""
+"""`prefroute score`: P(strong wins) for each prompt of a file, streamed in batches."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
+
+from prefroute.errors import check_choice, check_int
+
+ENGINES = ("local", "ray")
+# prefroute.scoring.DEFAULT_BATCH_SIZE; not imported here so `prefroute --help` stays fast
+DEFAULT_BATCH_SIZE = 4096
 
 
 def score(
     checkpoint: Path = typer.Argument(..., help="router checkpoint folder"),
     prompts: Path = typer.Option(
-        ..., "--prompts", help="JSONL with a 'prompt' field, or text, one per line"
+        ...,
+        "--prompts",
+        help="JSONL / CSV / Parquet (file or folder) with a prompt column, or text, one per line",
     ),
-    out: Path = typer.Option(..., "--out", help="output JSONL: prompt, strong_win_prob, routed_to"),
-    batch_size: int = typer.Option(1024, "--batch-size"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="output .jsonl, .csv or .parquet (a folder of Parquet files with --engine ray): "
+        "[id], prompt, strong_win_prob, routed_to",
+    ),
+    prompt_field: str = typer.Option("prompt", "--prompt-field", help="the prompt column"),
+    id_field: str | None = typer.Option(
+        None, "--id-field", help="an input column copied to each output row"
+    ),
+    with_decision: bool = typer.Option(
+        False, "--with-decision", help="add the routed side (strong/weak) and the threshold"
+    ),
+    no_prompt: bool = typer.Option(
+        False, "--no-prompt", help="leave the prompt text out of the output"
+    ),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="prompts per batch"),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="local processes (default: all cores for inputs of 2 MiB or more, else 1)",
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="score only the first N prompts"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)"),
+    address: str | None = typer.Option(
+        None, "--address", help="with --engine ray: the cluster to join (auto, ray://host:10001)"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
 ) -> None:
-    """Score prompts with a saved router; rows come out in input order."""
-    from tqdm import tqdm
+    """Score prompts with a saved router; rows come out in input order.
 
-    from prefroute.data.prompts import read_prompts
+    Examples:
+
+        prefroute score runs/mf --prompts log.parquet --id-field request_id --out scores.parquet
+
+        prefroute score runs/mf --prompts log.parquet --engine ray --address auto --out scores/
+    """
     from prefroute.router import load_router
+    from prefroute.scoring import score_file
 
+    check_choice("engine", "prefroute score", engine, ENGINES)
+    check_int("batch_size", "prefroute score (--batch-size)", batch_size)
+    check_int("limit", "prefroute score (--limit)", limit, optional=True)
+    check_int("workers", "prefroute score (--workers)", workers, optional=True)
+    if engine == "ray":
+        if limit is not None or workers is not None:
+            typer.echo("--limit and --workers apply to --engine local only", err=True)
+            raise typer.Exit(2)
+        from prefroute.scoring.ray_engine import score_with_ray
+
+        rows = score_with_ray(
+            checkpoint, prompts, out, address=address, prompt_field=prompt_field,
+            id_field=id_field, with_decision=with_decision, with_prompt=not no_prompt,
+            batch_size=batch_size, overwrite=overwrite,
+        )
+        typer.echo(f"wrote {rows:,} scores to {out}")
+        return
     router = load_router(checkpoint)
-    texts = read_prompts(prompts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        for start in tqdm(range(0, len(texts), batch_size), desc="scoring", unit="batch"):
-            batch = texts[start : start + batch_size]
-            for prompt, prob in zip(batch, router.strong_win_prob(batch)):
-                routed = router.strong_model if prob >= router.threshold else router.weak_model
-                row = {"prompt": prompt, "strong_win_prob": float(prob), "routed_to": routed}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    typer.echo(f"wrote {len(texts):,} scores to {out}")
+    summary = score_file(
+        router, prompts, out, prompt_field=prompt_field, id_field=id_field,
+        with_decision=with_decision, with_prompt=not no_prompt, batch_size=batch_size,
+        workers=workers, limit=limit, overwrite=overwrite,
+    )
+    typer.echo(
+        f"wrote {summary.rows:,} scores to {out} ({summary.strong:,} to {router.strong_model}, "
+        f"{summary.workers} process{'es' if summary.workers > 1 else ''})"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from prefroute._logging import logger
 from prefroute.embed.base import Embedder, register_embedder
@@ -219,16 +220,15 @@ def mean_of_token_vectors(table: np.ndarray, tokens: TokenBatch) -> np.ndarray:
     ids = tokens.ids
     if len(ids) and int(ids.max()) >= len(table):  # ids past a truncated table, as WordLlama
         ids = np.minimum(ids, len(table) - 1)
-    if len(tokens.counts) == 1:  # one text: a numpy gather beats torch's per-call cost
+    if len(tokens.counts) == 1:  # one text: a numpy gather beats a sparse product's set-up
         vector = np.take(table, ids, axis=0).sum(axis=0) / max(len(ids), 1)
         return vector[None].astype(np.float32, copy=False)
-    import torch
-
-    with torch.inference_mode():
-        pooled = torch.nn.functional.embedding_bag(
-            torch.from_numpy(ids),
-            torch.from_numpy(table),
-            torch.from_numpy(tokens.offsets),
-            mode="mean",
-        )
-    return pooled.numpy()
+    # A sparse [texts, vocabulary] matrix of 1/len weights times the table: as fast as torch's
+    # embedding_bag, without importing torch (1-3 s of a cold `prefroute score`).
+    counts = tokens.counts
+    indptr = np.empty(len(counts) + 1, dtype=np.int64)
+    indptr[:-1] = tokens.offsets
+    indptr[-1] = len(ids)
+    weights = np.repeat((1.0 / np.maximum(counts, 1)).astype(np.float32), counts)
+    bag = sparse.csr_matrix((weights, ids, indptr), shape=(len(counts), len(table)))
+    return np.asarray(bag @ table, dtype=np.float32)

@@ -1,0 +1,280 @@
+"""Prompt files read as a stream of record batches, so memory follows the batch size.
+
+JSON Lines, CSV, Parquet (a file or a folder of files) and plain text (one prompt per line).
+CSV and Parquet go through ``pyarrow.dataset``. JSON Lines is parsed line by line with orjson:
+pyarrow's JSON reader infers one type per column from the first block and reports row
+numbers relative to a block, and a bad line should be named by its true line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+
+from prefroute.errors import DataError
+
+logger = logging.getLogger("prefroute.scoring")
+
+FORMATS = ("jsonl", "csv", "parquet", "text")
+
+
+@dataclass
+class PromptBatch:
+    """Consecutive input records: their prompts, their ids (or None) and row numbers.
+
+    ``rows`` are the numbers an error names, counted as ``prefroute.validate`` does: the line
+    for JSON Lines and text, the CSV row with the header as row 1, the 1-based Parquet record.
+    """
+
+    prompts: pa.Array
+    ids: pa.Array | None
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def input_format(path: Path) -> str:
+    """The reader a path gets: from its suffix, or ``parquet`` for a folder."""
+    if path.is_dir():
+        return "parquet"
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".parquet"):
+        return suffix[1:]
+    return "text"
+
+
+def iter_prompt_batches(
+    path: str | Path,
+    *,
+    batch_size: int,
+    prompt_field: str = "prompt",
+    id_field: str | None = None,
+    limit: int | None = None,
+) -> Iterator[PromptBatch]:
+    """Batches of at most ``batch_size`` checked prompts from ``path``, in file order.
+
+    A missing field, or a prompt that is null, not text or blank, is a DataError naming the
+    file, the row and the field. ``limit`` stops after that many prompts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", file=str(path))
+    fmt = input_format(path)
+    if fmt == "jsonl":
+        batches = _jsonl_batches(path, batch_size, prompt_field, id_field)
+    elif fmt == "text":
+        if id_field is not None:
+            raise DataError(
+                "a plain-text prompt file has no fields; --id-field needs JSONL, CSV or Parquet",
+                file=str(path),
+            )
+        batches = _text_batches(path, batch_size)
+    else:
+        batches = _arrow_batches(path, fmt, batch_size, prompt_field, id_field)
+    seen = 0
+    for batch in batches:
+        if limit is not None and seen + len(batch) >= limit:
+            keep = limit - seen
+            yield PromptBatch(
+                batch.prompts[:keep],
+                None if batch.ids is None else batch.ids[:keep],
+                batch.rows[:keep],
+            )
+            return
+        seen += len(batch)
+        yield batch
+    if seen == 0:
+        raise DataError("no prompts found", file=str(path))
+
+
+def count_rows(path: Path) -> int | None:
+    """Rows of a Parquet input from its metadata (None for formats that need a full read)."""
+    if input_format(path) != "parquet":
+        return None
+    try:
+        return ds.dataset(path, format="parquet").count_rows()
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
+def _bad_prompt(value: object) -> str | None:
+    if value is None:
+        return "missing (null) prompt"
+    if not isinstance(value, str):
+        return f"expected text, got {type(value).__name__}"
+    if not value.strip():
+        return "empty prompt"
+    return None
+
+
+def _jsonl_batches(
+    path: Path, batch_size: int, prompt_field: str, id_field: str | None
+) -> Iterator[PromptBatch]:
+    name = str(path)
+    prompts: list[str] = []
+    ids: list[object] = []
+    rows: list[int] = []
+
+    def flush() -> PromptBatch:
+        id_array = None
+        if id_field is not None:
+            try:
+                id_array = pa.array(ids)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                raise DataError(
+                    "ids of mixed types (e.g. numbers and strings) between rows "
+                    f"{rows[0]} and {rows[-1]}; use one type",
+                    file=name,
+                    field=id_field,
+                ) from None
+        batch = PromptBatch(pa.array(prompts, pa.string()), id_array, np.array(rows))
+        prompts.clear(), ids.clear(), rows.clear()
+        return batch
+
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise DataError(f"not valid JSON ({e})", file=name, row=line_no) from None
+            if not isinstance(record, dict):
+                raise DataError("expected a JSON object", file=name, row=line_no)
+            if prompt_field not in record:
+                raise DataError("missing field", file=name, row=line_no, field=prompt_field)
+            prompt = record[prompt_field]
+            problem = _bad_prompt(prompt)
+            if problem:
+                raise DataError(problem, file=name, row=line_no, field=prompt_field)
+            if id_field is not None:
+                if id_field not in record:
+                    raise DataError("missing field", file=name, row=line_no, field=id_field)
+                ids.append(record[id_field])
+            prompts.append(prompt)
+            rows.append(line_no)
+            if len(prompts) == batch_size:
+                yield flush()
+    if prompts:
+        yield flush()
+
+
+def _text_batches(path: Path, batch_size: int) -> Iterator[PromptBatch]:
+    prompts: list[str] = []
+    rows: list[int] = []
+    blank = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"not UTF-8 text ({e.reason})", file=str(path), row=line_no
+                ) from None
+            if not line.strip():
+                blank += 1
+                continue
+            prompts.append(line)
+            rows.append(line_no)
+            if len(prompts) == batch_size:
+                yield PromptBatch(pa.array(prompts, pa.string()), None, np.array(rows))
+                prompts, rows = [], []
+    if prompts:
+        yield PromptBatch(pa.array(prompts, pa.string()), None, np.array(rows))
+    if blank:
+        logger.info("%s: skipped %d blank lines", path, blank)
+
+
+def _arrow_batches(
+    path: Path, fmt: str, batch_size: int, prompt_field: str, id_field: str | None
+) -> Iterator[PromptBatch]:
+    name = str(path)
+    columns = [prompt_field] + ([id_field] if id_field and id_field != prompt_field else [])
+    if fmt == "csv":
+        # prompts and ids stay text exactly as written (no number or null guessing)
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns}, strings_can_be_null=False
+        )
+        # prompts often span lines: quoted newlines must not split a record
+        parse = pacsv.ParseOptions(newlines_in_values=True)
+        file_format = ds.CsvFileFormat(parse_options=parse, convert_options=convert)
+    else:
+        file_format = ds.ParquetFileFormat()
+    try:
+        dataset = ds.dataset(path, format=file_format)
+        missing = [c for c in columns if c not in dataset.schema.names]
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
+    if missing:
+        raise DataError(
+            f"missing column; the file has {dataset.schema.names}", file=name, field=missing[0]
+        )
+    prompt_type = dataset.schema.field(prompt_field).type
+    if not (pa.types.is_string(prompt_type) or pa.types.is_large_string(prompt_type)):
+        raise DataError(f"expected a text column, got {prompt_type}", file=name, field=prompt_field)
+    start = 2 if fmt == "csv" else 1  # as prefroute.validate counts: a CSV header is row 1
+    scanner = dataset.to_batches(
+        columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
+    )
+    while True:
+        try:
+            record_batch = next(scanner)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as e:
+            if fmt == "csv":
+                _locate_csv_error(path, columns)
+            raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
+        if record_batch.num_rows == 0:
+            continue
+        prompts = record_batch.column(prompt_field)
+        _check_prompt_column(prompts, name, start, prompt_field)
+        ids = record_batch.column(id_field) if id_field else None
+        rows = np.arange(start, start + record_batch.num_rows)
+        start += record_batch.num_rows
+        yield PromptBatch(prompts, ids, rows)
+
+
+def _check_prompt_column(prompts: pa.Array, name: str, start: int, field: str) -> None:
+    blank = pc.or_kleene(
+        pc.is_null(prompts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
+    )
+    if pc.any(blank).as_py():
+        first = int(pc.index(blank, True).as_py())
+        problem = _bad_prompt(prompts[first].as_py())
+        raise DataError(problem or "empty prompt", file=name, row=start + first, field=field)
+
+
+def _locate_csv_error(path: Path, columns: list[str]) -> None:
+    """Find the first CSV record pyarrow could not read and raise a DataError naming it."""
+    name = str(path)
+    with open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        header = next(reader, [])
+        for row_no, record in enumerate(reader, start=2):
+            if len(record) != len(header):
+                raise DataError(
+                    f"expected {len(header)} fields, got {len(record)}", file=name, row=row_no
+                )
+            for column, value in zip(header, record):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise DataError(
+                        "not valid UTF-8", file=name, row=row_no, field=column
+                    ) from None

@@ -1,0 +1,85 @@
+"""Score prompt batches on this machine: in-process, or in N forked worker processes.
+
+Workers are forked after the router is loaded and warmed up, so each starts with the
+tokenizer and index already built (no per-worker load). At most ``2 * workers`` batches are
+in flight, which keeps memory bounded and results come back in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from prefroute.router import Router
+
+# Inputs smaller than this are scored in-process: a second process would not pay for itself.
+AUTO_WORKERS_MIN_BYTES = 2 << 20
+_WORKER_ROUTER: Router | None = None
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(input_bytes: int) -> int:
+    """All usable cores for inputs of 2 MiB or more (about 4,000 prompts), else 1."""
+    return usable_cpus() if input_bytes >= AUTO_WORKERS_MIN_BYTES else 1
+
+
+def warm_up(router: Router) -> None:
+    """Build what the first call would (tokenizers, caches) before timing or forking."""
+    router.predictor.predict_proba(["Route this prompt.", "And this one, please."])
+
+
+def score_prompts(router: Router, prompts: pa.Array, batch_size: int) -> np.ndarray:
+    return router.predictor.predict_proba(prompts.to_pylist(), batch_size=batch_size)
+
+
+def _worker_init() -> None:
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread per worker: the workers already fill the cores
+    threadpool_limits(1)
+
+
+def _worker_score(prompts: list[str], batch_size: int) -> np.ndarray:
+    assert _WORKER_ROUTER is not None
+    return _WORKER_ROUTER.predictor.predict_proba(prompts, batch_size=batch_size)
+
+
+def score_batches(
+    router: Router, prompt_arrays: Iterable[pa.Array], *, workers: int, batch_size: int
+) -> Iterator[np.ndarray]:
+    """P(strong wins) for each array of prompts, in order, using ``workers`` processes."""
+    if workers <= 1:
+        for prompts in prompt_arrays:
+            yield score_prompts(router, prompts, batch_size)
+        return
+    global _WORKER_ROUTER
+    _WORKER_ROUTER = router
+    # tokenizers' own threads would fight the workers for the cores (and warn after fork)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    context = multiprocessing.get_context("fork")
+    pending: deque[Future] = deque()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        try:
+            for prompts in prompt_arrays:
+                # plain strings: a pickled Arrow slice would carry its whole row group's buffer
+                pending.append(pool.submit(_worker_score, prompts.to_pylist(), batch_size))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            _WORKER_ROUTER = None

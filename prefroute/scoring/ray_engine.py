@@ -1,0 +1,192 @@
+"""Score with Ray Data: read, ``map_batches`` through one router actor per worker, write Parquet.
+
+The checkpoint's files are put in Ray's object store once and each actor fetches them once,
+so workers need no shared file system for the checkpoint. Each actor loads the router
+through the same checked loader as the local path, so the scores are the local path's.
+Ray is the optional extra ``prefroute[ray]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
+from prefroute.io import staged_output_dir
+from prefroute.scoring.inputs import count_rows, input_format
+from prefroute.scoring.local import score_prompts
+from prefroute.scoring.outputs import Decision, score_table
+
+logger = logging.getLogger("prefroute.scoring")
+
+# a checkpoint folder holds config, tensors and an index; anything much larger is not one
+_MAX_CHECKPOINT_BYTES = 4 << 30
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise PrefrouteError(
+            "--engine ray needs Ray: pip install 'prefroute[ray]'"
+        ) from None
+    return ray
+
+
+def init_ray(attempts: int = 3, **kwargs: Any) -> None:
+    """``ray.init``, retried when a new local node misses Ray's fixed 30 s start-up deadline
+    (it does on a heavily loaded machine)."""
+    ray = _import_ray()
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            logger.warning("Ray node start-up timed out (attempt %d); retrying", attempt)
+            ray.shutdown()
+
+
+def checkpoint_files(directory: Path) -> dict[str, bytes]:
+    """Every regular file under a checkpoint folder by relative path (links are refused)."""
+    files: dict[str, bytes] = {}
+    total = 0
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise PrefrouteError(f"checkpoint {directory}: {path} is a link; copy the file in")
+        if path.is_file():
+            total += path.stat().st_size
+            if total > _MAX_CHECKPOINT_BYTES:
+                raise PrefrouteError(f"checkpoint {directory} is larger than 4 GiB")
+            files[path.relative_to(directory).as_posix()] = path.read_bytes()
+    return files
+
+
+class RouterActor:
+    """Holds one loaded router; called by Ray Data on each batch (a pyarrow Table)."""
+
+    def __init__(
+        self, files: Any, prompt_field: str, decision: Decision, batch_size: int
+    ) -> None:
+        import ray
+
+        from prefroute.router import load_router
+
+        if isinstance(files, ray.ObjectRef):
+            files = ray.get(files)
+        self._folder = Path(tempfile.mkdtemp(prefix="prefroute-ckpt-"))
+        for name, data in files.items():
+            target = (self._folder / name).resolve()
+            if not target.is_relative_to(self._folder.resolve()):
+                raise PrefrouteError(f"checkpoint file {name!r} lies outside the checkpoint")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        self.router = load_router(self._folder)
+        shutil.rmtree(self._folder, ignore_errors=True)
+        self.prompt_field = prompt_field
+        self.decision = decision
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = batch.column(self.prompt_field).combine_chunks()
+        id_field = self.decision.id_field
+        ids = batch.column(id_field).combine_chunks() if id_field else None
+        probs = score_prompts(self.router, prompts, self.batch_size)
+        return score_table(prompts, ids, np.asarray(probs), self.decision)
+
+
+def _read(ray: Any, path: Path, columns: list[str], blocks: int | None) -> Any:
+    fmt = input_format(path)
+    if fmt == "parquet":
+        dataset = ray.data.read_parquet(str(path), override_num_blocks=blocks)
+        return dataset.select_columns(columns)
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns}, include_columns=columns
+        )
+        parse = pacsv.ParseOptions(newlines_in_values=True)
+        return ray.data.read_csv(str(path), parse_options=parse, convert_options=convert)
+    if fmt == "jsonl":
+        return ray.data.read_json(str(path), lines=True).select_columns(columns)
+    raise DataError("--engine ray reads Parquet, CSV or JSON Lines", file=str(path))
+
+
+def score_with_ray(
+    checkpoint: str | Path,
+    prompts_path: str | Path,
+    out: str | Path,
+    *,
+    address: str | None = None,
+    prompt_field: str = "prompt",
+    id_field: str | None = None,
+    with_decision: bool = False,
+    with_prompt: bool = True,
+    batch_size: int = 4096,
+    actors: int | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Score ``prompts_path`` into the Parquet folder ``out`` with Ray Data; returns the row count.
+
+    ``address`` joins an existing cluster (``auto`` or ``ray://host:10001``); without it Ray
+    uses the cluster this process already joined or starts a local one. Rows keep input order
+    (part files are named in order). ``out`` is staged beside itself and renamed into place.
+    """
+    from prefroute.router import load_router
+
+    check_int("batch_size", "score_with_ray", batch_size)
+    check_int("actors", "score_with_ray", actors, optional=True)
+    checkpoint, prompts_path, out = Path(checkpoint), Path(prompts_path), Path(out)
+    if not prompts_path.exists():
+        raise DataError("file not found", file=str(prompts_path))
+    if out.suffix.lower() in (".jsonl", ".csv"):
+        raise ConfigError("--engine ray writes a folder of Parquet files; give --out a folder")
+    router = load_router(checkpoint)  # checked on the driver first: errors surface here once
+    decision = Decision(
+        router.strong_model, router.weak_model, router.threshold, id_field, with_decision,
+        with_prompt,
+    )
+    columns = [prompt_field] + ([id_field] if id_field and id_field != prompt_field else [])
+    ray = _import_ray()
+    if not ray.is_initialized():
+        init_ray(address=address, include_dashboard=False, log_to_driver=False)
+    elif address is not None:
+        logger.info("Ray is already initialised in this process; --address %s not used", address)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    if actors is None:  # one CPU stays free for the read and write tasks, or they would wait
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    rows = count_rows(prompts_path)
+    # Ray sizes blocks in bytes (~128 MB); prompts are small, so ask for enough blocks to
+    # keep every actor busy
+    blocks = None if rows is None else max(2 * actors, -(-rows // (4 * batch_size)))
+    files_ref = ray.put(checkpoint_files(checkpoint))
+    with staged_output_dir(out, overwrite=overwrite, inputs=(prompts_path, checkpoint)) as stage:
+        dataset = _read(ray, prompts_path, columns, blocks)
+        scored = dataset.map_batches(
+            RouterActor,
+            fn_constructor_kwargs={
+                "files": files_ref,
+                "prompt_field": prompt_field,
+                "decision": decision,
+                "batch_size": batch_size,
+            },
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            concurrency=actors,
+            num_cpus=1,
+        )
+        scored.write_parquet(str(stage))
+        rows = sum(
+            pq.ParquetFile(f).metadata.num_rows for f in sorted(stage.glob("*.parquet"))
+        )
+    return rows

@@ -1,0 +1,258 @@
+"""Batch scoring (`prefroute score`, prefroute.scoring): formats, order, ids, memory, Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from prefroute.router import Router, load_router
+from prefroute.scoring import score_file
+from prefroute.training import load_training_battles, train_router
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PAIR = ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
+
+
+def mmlu_pro_prompts(data_dir: Path) -> list[str]:
+    """Every MMLU-Pro question with its lettered options (9,626 distinct prompts)."""
+    prompts = []
+    with open(data_dir / "mmlu_pro" / "questions.jsonl", "rb") as f:
+        for line in f:
+            q = orjson.loads(line)
+            options = "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(q["options"]))
+            prompts.append(f"{q['question']}\n{options}")
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def mf_router(tmp_path_factory, data_dir) -> tuple[Router, Path]:
+    battles = load_training_battles(["alpaca_eval"], data_dir)
+    predictor = train_router(
+        "mf", battles, strong_model=PAIR[0], weak_model=PAIR[1], epochs=2, progress=False
+    )
+    router = Router(predictor, threshold=0.55)
+    path = tmp_path_factory.mktemp("ckpt") / "mf"
+    router.save_pretrained(path)
+    return load_router(path), path
+
+
+@pytest.fixture(scope="module")
+def prompts(data_dir) -> list[str]:
+    return mmlu_pro_prompts(data_dir)[:3000]
+
+
+def _ids(n: int) -> list[str]:
+    # ids that sort differently from row order, so a reordering cannot go unnoticed
+    return [f"req-{(i * 7919) % 100003:06d}" for i in range(n)]
+
+
+def _write_input(path: Path, prompts: list[str], ids: list[str]) -> None:
+    table = pa.table({"request_id": ids, "prompt": prompts, "other": list(range(len(ids)))})
+    if path.suffix == ".parquet":
+        pq.write_table(table, path, row_group_size=700)  # several row groups
+    elif path.suffix == ".csv":
+        pacsv.write_csv(table, path)
+    else:
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table.to_pylist()))
+
+
+def _read_output(path: Path) -> list[dict]:
+    if path.suffix == ".parquet" or path.is_dir():
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            row["strong_win_prob"] = float(row["strong_win_prob"])
+            row["threshold"] = float(row["threshold"])
+        return rows
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+@pytest.mark.parametrize("in_suffix", [".jsonl", ".csv", ".parquet"])
+@pytest.mark.parametrize("out_suffix", [".jsonl", ".csv", ".parquet"])
+def test_round_trip_keeps_order_ids_and_scores(mf_router, prompts, tmp_path, in_suffix, out_suffix):
+    router, _ = mf_router
+    ids = _ids(len(prompts))
+    source = tmp_path / f"in{in_suffix}"
+    _write_input(source, prompts, ids)
+    out = tmp_path / f"scores{out_suffix}"
+    summary = score_file(
+        router, source, out, id_field="request_id", with_decision=True, batch_size=512,
+        workers=1, progress=False,
+    )
+    rows = _read_output(out)
+    assert summary.rows == len(rows) == len(prompts)
+    assert [r["request_id"] for r in rows] == ids
+    assert [r["prompt"] for r in rows] == prompts
+    expected = router.strong_win_prob(prompts)
+    got = np.array([r["strong_win_prob"] for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    strong = expected >= 0.55
+    assert 0 < strong.sum() < len(prompts)  # both sides occur, so the decision is tested
+    assert [r["side"] for r in rows] == ["strong" if s else "weak" for s in strong]
+    assert [r["routed_to"] for r in rows] == [PAIR[0] if s else PAIR[1] for s in strong]
+    assert {r["threshold"] for r in rows} == {0.55}
+
+
+def test_workers_give_the_same_rows_in_the_same_order(mf_router, prompts, tmp_path):
+    router, _ = mf_router
+    source = tmp_path / "in.parquet"
+    _write_input(source, prompts, _ids(len(prompts)))
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    score_file(router, source, one, id_field="request_id", batch_size=256, workers=1,
+               progress=False)
+    summary = score_file(router, source, two, id_field="request_id", batch_size=256, workers=2,
+                         progress=False)
+    assert summary.workers == 2
+    assert pq.read_table(one).equals(pq.read_table(two))
+
+
+def _run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prefroute.cli.main", "score", *args],
+        capture_output=True, text=True, cwd=cwd,
+    )
+
+
+def test_cli_errors_name_file_row_and_field_and_keep_existing_output(mf_router, tmp_path):
+    _, checkpoint = mf_router
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": "also fine"}\n{"prompt": 7}\n')
+    out = tmp_path / "scores.jsonl"
+    done = _run_cli(str(checkpoint), "--prompts", str(bad), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert f"file {bad}, row 3, field 'prompt'" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+    assert list(tmp_path.iterdir()) == [bad]  # no temporary file left behind
+
+    csv_file = tmp_path / "bad.csv"
+    csv_file.write_bytes("\ufeffid,prompt\na,hello\nb,  \n".encode())
+    done = _run_cli(str(checkpoint), "--prompts", str(csv_file), "--out", str(out),
+                    "--id-field", "id")
+    assert done.returncode == 2 and "row 3, field 'prompt': empty prompt" in done.stderr
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "Prove Fermat\'s little theorem."}\n')
+    out.write_text("precious\n")
+    done = _run_cli(str(checkpoint), "--prompts", str(good), "--out", str(out))
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+    assert out.read_text() == "precious\n"
+    for option in ("--batch-size", "--limit"):
+        done = _run_cli(str(checkpoint), "--prompts", str(good), "--out", str(out),
+                        "--overwrite", option, "0")
+        assert done.returncode == 2 and option.lstrip("-").replace("-", "_") in done.stderr
+        assert "Traceback" not in done.stderr and out.read_text() == "precious\n"
+    done = _run_cli(str(checkpoint), "--prompts", str(good), "--out", str(out), "--overwrite",
+                    "--with-decision")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text())
+    assert set(row) == {"prompt", "strong_win_prob", "routed_to", "side", "threshold"}
+
+
+def _cycled_prompts(base: list[str], n: int) -> pa.Array:
+    """n distinct prompts: real MMLU-Pro questions cycled, each with its row number."""
+    rows = np.arange(n)
+    texts = pa.array(base * (n // len(base) + 1))[:n]
+    suffix = pa.compute.binary_join_element_wise(
+        pa.array(np.full(n, " (row ", dtype=object)), pa.array(rows.astype(str)), ""
+    )
+    return pa.compute.binary_join_element_wise(texts, suffix, pa.scalar(")"), "")
+
+
+def _peak_rss_of(cmd: list[str]) -> tuple[int, float, subprocess.CompletedProcess]:
+    """Peak resident memory (bytes) of a command and its child processes, sampled every 20 ms."""
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            family = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in family))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    return peak, time.perf_counter() - start, subprocess.CompletedProcess(cmd, proc.returncode,
+                                                                           out, err)
+
+
+@pytest.mark.slow
+def test_a_million_row_file_streams_in_bounded_memory(mf_router, data_dir, tmp_path):
+    _, checkpoint = mf_router
+    base = sorted(mmlu_pro_prompts(data_dir)[:2000], key=len)[:500]  # short: a fast test
+    peaks, sizes = {}, {}
+    for n in (10_000, 1_000_000):
+        source = tmp_path / f"log_{n}.parquet"
+        table = pa.table({"id": pa.array(np.arange(n)), "prompt": _cycled_prompts(base, n)})
+        pq.write_table(table, source, row_group_size=8192)
+        sizes[n] = table.nbytes
+        del table
+        out = tmp_path / f"scores_{n}.parquet"
+        cmd = [sys.executable, "-m", "prefroute.cli.main", "score", str(checkpoint), "--prompts",
+               str(source), "--out", str(out), "--id-field", "id", "--workers", "1",
+               "--no-prompt"]
+        peaks[n], _, done = _peak_rss_of(cmd)
+        assert done.returncode == 0, done.stderr
+        result = pq.read_table(out)
+        assert result.column("id").to_numpy().tolist() == list(range(n))
+        assert result.column_names == ["id", "strong_win_prob", "routed_to"]
+    # 100x the rows: reading the whole file would add at least its in-memory size (and the
+    # Python strings of a list, several times more); streaming adds only the tokenizer's
+    # bounded segment cache
+    growth = peaks[1_000_000] - peaks[10_000]
+    assert sizes[1_000_000] > 120e6
+    assert growth < 0.5 * sizes[1_000_000], (
+        f"peak RSS grew {growth / 1e6:.0f} MB from 10k to 1M rows "
+        f"({sizes[1_000_000] / 1e6:.0f} MB of prompts)"
+    )
+
+
+@pytest.mark.slow  # starts a Ray cluster: ~20 s on a quiet machine
+def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
+    ray = pytest.importorskip("ray")
+    from prefroute.scoring.ray_engine import init_ray, score_with_ray
+
+    router, checkpoint = mf_router
+    n = 2000
+    source = tmp_path / "in.parquet"
+    _write_input(source, prompts[:n], _ids(n))
+    local = tmp_path / "local.parquet"
+    score_file(router, source, local, id_field="request_id", with_decision=True, workers=1,
+               batch_size=300, progress=False)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        rows = score_with_ray(checkpoint, source, tmp_path / "ray_out", id_field="request_id",
+                              with_decision=True, batch_size=300)
+    finally:
+        ray.shutdown()
+    assert rows == n
+    parts = sorted((tmp_path / "ray_out").glob("*.parquet"))
+    distributed = pa.concat_tables([pq.read_table(p) for p in parts])
+    expected = pq.read_table(local)
+    assert distributed.column("request_id").to_pylist() == expected.column("request_id").to_pylist()
+    np.testing.assert_array_equal(
+        distributed.column("strong_win_prob").to_numpy(),
+        expected.column("strong_win_prob").to_numpy(),
+    )
+    assert distributed.select(expected.column_names).equals(expected)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray_out")]  # stage renamed
+
+
+def test_the_cli_default_batch_size_is_the_engines():
+    from prefroute.cli import score as score_cli
+    from prefroute.scoring import DEFAULT_BATCH_SIZE
+
+    assert score_cli.DEFAULT_BATCH_SIZE == DEFAULT_BATCH_SIZE
