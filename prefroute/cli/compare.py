@@ -9,16 +9,14 @@ import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
-from prefroute.data.loaders import NAMED_SOURCES
 from prefroute.errors import ConfigError
-from prefroute.evaluate import prepare_eval_set
-from prefroute.loop.compare import compare_probabilities, probabilities, read_outcomes_file
-from prefroute.router import load_router
-from prefroute.training import load_training_battles
 
 
 def _training_prompts(routers, data_dir: Path) -> list[str] | None:
     """The prompts of both routers' recorded sources (named sources or files still present)."""
+    from prefroute.data.loaders import NAMED_SOURCES
+    from prefroute.training import load_training_battles
+
     prompts: set[str] = set()
     for router in routers:
         for source in (router.training or {}).get("sources") or []:
@@ -66,6 +64,10 @@ def compare(
     Exits with status 1 when NEW is significantly worse (the CI lies below 0), so a CI job
     can gate a release. Example: prefroute compare runs/mf runs/mf-2 --benchmark gsm8k
     """
+    from prefroute.evaluate import prepare_eval_set
+    from prefroute.loop.compare import compare_probabilities, probabilities, read_outcomes_file
+    from prefroute.router import load_router
+
     if (benchmark is None) == (outcomes is None):
         raise ConfigError("give exactly one of --benchmark NAME or --outcomes FILE")
     old_router, new_router = load_router(old), load_router(new)

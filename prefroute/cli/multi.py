@@ -14,10 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 
-from prefroute.checkpoint import record_files
 from prefroute.cli.common import resolve_data_dir
 from prefroute.errors import ConfigError, check_choice
 from prefroute.io import check_output_dir, check_output_file, staged_output_dir
@@ -124,12 +122,16 @@ def train(
     with staged_output_dir(out, overwrite=overwrite) as stage:
         model.save_pretrained(stage)
         write_split(stage, prepared, split)
+        from prefroute.checkpoint import record_files
+
         record_files(stage)
     typer.echo(f"saved {router} router to {out}")
 
 
 def _clean(value: Any) -> Any:
     """JSON-safe: NaN/inf -> null, numpy -> Python."""
+    import numpy as np
+
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -176,6 +178,8 @@ def eval_(
     """
     if plot is not None:
         check_output_file(plot, overwrite=overwrite, inputs=routers, flag="--plot")
+    import numpy as np
+
     from prefroute.multi.base import load_multi_router
     from prefroute.multi.data import SPLIT_FILE, read_split
     from prefroute.multi.evaluation import (

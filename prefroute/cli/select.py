@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from prefroute.errors import ConfigError
@@ -42,6 +41,8 @@ def select(
     --out picks.jsonl --ids-out picks.txt; then prefroute augment golden --table mmlu_pro
     --ids-file picks.txt ...
     """
+    import numpy as np
+
     from prefroute.selection import select_prompts
 
     if (pool is None) == (table is None):

@@ -8,11 +8,7 @@ from pathlib import Path
 import typer
 
 from prefroute.errors import ConfigError
-from prefroute.serve.budget import budget_settings
-from prefroute.serve.limits import uvicorn_options
 from prefroute.serve.settings import DEFAULT_BASE_URL, ServeSettings, UpstreamSettings
-from prefroute.serve.shaping import read_serve_config, shaping_from_config
-from prefroute.serve.state import check_reachable
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -158,6 +154,11 @@ def serve(
 ) -> None:
     """Serve routers behind POST /v1/chat/completions: model router-NAME, router-NAME@30 (30%
     strong calls) or router-NAME-THRESHOLD."""
+    from prefroute.serve.budget import budget_settings
+    from prefroute.serve.limits import uvicorn_options
+    from prefroute.serve.shaping import read_serve_config, shaping_from_config
+    from prefroute.serve.state import check_reachable
+
     try:
         import uvicorn
 

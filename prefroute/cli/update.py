@@ -8,15 +8,13 @@ import typer
 
 from prefroute._logging import logger
 from prefroute.cli.common import resolve_data_dir
-from prefroute.data.aliases import ModelAliases
 from prefroute.errors import ConfigError
 from prefroute.io import check_output_dir, staged_output_dir
-from prefroute.loop.update import update_router
-from prefroute.router import load_router
-from prefroute.training import load_training_battles
 
 
 def _load(sources: list[str], data_dir: Path | None, strong: str, weak: str, clean: bool):
+    from prefroute.training import load_training_battles
+
     needs_dir = any(not Path(s).exists() for s in sources)
     return load_training_battles(
         sources, resolve_data_dir(data_dir) if needs_dir else data_dir,
@@ -57,6 +55,10 @@ def update(
     prefroute update runs/mf --data new_model_battles.jsonl --weak-model my-new-model
     --out runs/mf-new
     """
+    from prefroute.data.aliases import ModelAliases
+    from prefroute.loop.update import update_router
+    from prefroute.router import load_router
+
     if strong_model is not None and weak_model is not None:
         raise ConfigError("swap one side at a time: give --strong-model or --weak-model")
     check_output_dir(out, overwrite=overwrite, inputs=[checkpoint])  # fail before any work
