@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -136,7 +138,8 @@ def test_cli_train_defaults_to_auto_and_info_prints_the_oof_table(gsm8k_battles,
     assert load_router(out).router_type == "auto"
     shown = runner.invoke(app, ["info", str(out)])
     assert shown.exit_code == 0, shown.output
-    assert "type: auto" in shown.output and "| logistic | logistic |" in shown.output
+    assert re.search(r"^router:\s+auto\b", shown.output, re.M), shown.output
+    assert "| logistic | logistic |" in shown.output
     assert "OOF APGR" in shown.output
 
 
