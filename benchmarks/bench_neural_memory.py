@@ -37,7 +37,7 @@ GIB = 2**30
 CAPPED = ["--params", '{"val_fraction": 0}', "--max-steps"]
 # (name, code, router, battles, extra CLI args, address-space cap in GiB)
 RUNS = [
-    ("before-bert-600", "before", "bert", 600, [], 12),
+    ("before-bert-600", "before", "bert", 600, [*CAPPED, "5"], 12),
     ("after-bert-600", "after", "bert", 600, [], 12),
     ("before-causal_llm-600", "before", "causal_llm", 600, [*CAPPED, "3"], 8),
     ("after-causal_llm-600", "after", "causal_llm", 600, [], 12),

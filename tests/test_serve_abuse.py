@@ -238,7 +238,9 @@ def test_slow_clients_do_not_pin_the_server(mf_checkpoint, upstreams):
                 s.close()
 
 
-def test_secrets_are_redacted_before_messages_are_cut(mf_checkpoint, upstreams, caplog, capfd):
+def test_secrets_are_redacted_before_messages_are_cut(
+    mf_checkpoint, upstreams, caplog, capfd, monkeypatch
+):
     _, router = mf_checkpoint
     strong, weak = upstreams
     # the unit: a key straddling the cut leaves nothing of itself
@@ -254,6 +256,11 @@ def test_secrets_are_redacted_before_messages_are_cut(mf_checkpoint, upstreams, 
     )
     # end to end: an upstream quotes the key right where the 500-character cut falls
     caplog.set_level(logging.DEBUG)
+    # an earlier in-process uvicorn (default log config) may have cut the access logger off
+    # from the root logger that caplog listens on
+    access = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "disabled", False)
     strong.name = "s" * 440  # the key then straddles the 500-character cut
     strong.mode = "fail"
     weak.mode = "break_stream"

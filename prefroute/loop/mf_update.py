@@ -27,7 +27,8 @@ from prefroute._logging import logger
 from prefroute._torch_util import torch_threads
 from prefroute.data.battles import Battles
 from prefroute.errors import ConfigError, DataError, check_int, check_range
-from prefroute.routers.mf import MFNet, MFRouter
+from prefroute.routers.mf import MFRouter
+from prefroute.routers.mf_training import MFNet
 
 
 def _normalised(P: np.ndarray) -> np.ndarray:

@@ -90,8 +90,11 @@ class BertRouter(NeuralWinPredictor):
 
         return AutoTokenizer.from_pretrained(str(folder))
 
-    def _prepare(self) -> None:
-        # the special tokens the tokenizer puts around one text ([CLS] ... [SEP] for BERT)
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after one text ([CLS], [SEP])."""
+        cached = getattr(self, "special_tokens_", None)
+        if cached is not None and cached[0] is self.tokenizer_:
+            return cached[1], cached[2]
         tok = self.tokenizer_
         marked = tok("a", add_special_tokens=True)["input_ids"]
         plain = tok("a", add_special_tokens=False)["input_ids"]
@@ -99,8 +102,8 @@ class BertRouter(NeuralWinPredictor):
         if at is None:
             raise ConfigError(f"cannot find where {type(tok).__name__} puts the text among its "
                               "special tokens")
-        self.special_prefix_ = marked[:at]
-        self.special_suffix_ = marked[at + len(plain):]
+        self.special_tokens_ = (tok, marked[:at], marked[at + len(plain):])
+        return marked[:at], marked[at + len(plain):]
 
     def _query_ids(self, prompts: list[str]) -> list[list[int]]:
         if not prompts:
@@ -110,12 +113,14 @@ class BertRouter(NeuralWinPredictor):
         return [cut_middle(q, budget) for q in queries]
 
     def _sequence_overhead(self) -> int:
-        return len(self.special_prefix_) + len(self.special_suffix_)
+        prefix, suffix = self._special_tokens()
+        return len(prefix) + len(suffix)
 
     def _collate(self, ids: list[list[int]]) -> dict[str, Any]:
         import torch
 
-        seqs = [self.special_prefix_ + q + self.special_suffix_ for q in ids]
+        prefix, suffix = self._special_tokens()
+        seqs = [prefix + q + suffix for q in ids]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer_.pad_token_id or 0
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
