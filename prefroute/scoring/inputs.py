@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from prefroute.errors import DataError
 
@@ -227,9 +228,14 @@ def _arrow_batches(
     if not (pa.types.is_string(prompt_type) or pa.types.is_large_string(prompt_type)):
         raise DataError(f"expected a text column, got {prompt_type}", file=name, field=prompt_field)
     start = 2 if fmt == "csv" else 1  # as prefroute.validate counts: a CSV header is row 1
-    scanner = dataset.to_batches(
-        columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
-    )
+    if fmt == "csv":
+        scanner = dataset.to_batches(
+            columns=columns, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
+        )
+    else:
+        # the dataset scanner decodes a Parquet file's row groups ahead of the consumer (peak
+        # RSS grew ~0.3 GB per million rows); ParquetFile.iter_batches holds one at a time
+        scanner = _parquet_batches(dataset.files, columns, batch_size)
     while True:
         try:
             record_batch = next(scanner)
@@ -247,6 +253,14 @@ def _arrow_batches(
         rows = np.arange(start, start + record_batch.num_rows)
         start += record_batch.num_rows
         yield PromptBatch(prompts, ids, rows)
+
+
+def _parquet_batches(
+    files: list[str], columns: list[str], batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    for file in files:
+        with pq.ParquetFile(file) as parquet:
+            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _check_prompt_column(prompts: pa.Array, name: str, start: int, field: str) -> None:
