@@ -132,3 +132,14 @@ def test_causal_llm_on_20k_character_prompts_stays_within_its_budget(mmlu_pro, t
     training = json.loads((out / "config.json").read_text())["state"]["training"]
     assert "memory budget 3.0 GiB" in training["memory_plan"]
     assert len(training["step"]) == 2 and np.isfinite(training["train_loss"]).all()
+
+
+def test_a_cpu_token_cap_bounds_micro_batches_below_the_budget(mmlu_pro):
+    lengths = [len(p) // 4 + 1 for p in mmlu_pro.prompts[:64]]
+    capped = MemoryPlan(200 * GIB, int(1.5 * GIB), False, 4, 576 + 1536, 9, max_tokens=1024)
+    groups = micro_batches(lengths, capped)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        longest = max(lengths[i] for i in g)
+        assert len(g) == 1 or len(g) * longest <= 1024
+    assert len(groups) > 1

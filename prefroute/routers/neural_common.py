@@ -628,7 +628,11 @@ class NeuralWinPredictor(WinPredictor):
         return None
 
     def _plan_memory(self, model: Any, ids: list[list[int]], device: str) -> Any:
-        from prefroute.routers.memory_plan import default_memory_budget_gb, plan_training_memory
+        from prefroute.routers.memory_plan import (
+            CPU_MICRO_BATCH_TOKENS,
+            default_memory_budget_gb,
+            plan_training_memory,
+        )
 
         budget = self.max_memory_gb or default_memory_budget_gb()
         longest = max((len(q) for q in ids), default=0) + self._sequence_overhead()
@@ -637,6 +641,7 @@ class NeuralWinPredictor(WinPredictor):
             trained_layers=self.last_layers_,
             # GPU activations do not count against host RAM; the budget then caps the GPU's
             resident_bytes=0 if device.startswith("cuda") else None,
+            max_tokens=CPU_MICRO_BATCH_TOKENS if device == "cpu" else None,
         )
         if plan.gradient_checkpointing:
             model.gradient_checkpointing_enable(
