@@ -9,7 +9,7 @@ significant only when its CI excludes 0.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class PairedDifference:
     ci: percentile CI of the difference over paired resamples; p_value: two-sided bootstrap
     p-value (twice the smaller share of resampled differences on either side of 0).
     significant: the CI excludes 0. n_prompts, n_bootstrap, level, rule: the settings.
+    samples: the resampled differences (for plots; left out of ``to_dict``).
     """
 
     apgr_a: float
@@ -40,9 +41,11 @@ class PairedDifference:
     n_bootstrap: int
     level: float
     rule: str
+    samples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out.pop("samples")
         out["ci"] = list(self.ci)
         return out
 
@@ -98,5 +101,6 @@ def paired_bootstrap_apgr_diff(strong_scores: np.ndarray, weak_scores: np.ndarra
     return PairedDifference(
         apgr_a=apgr_a, apgr_b=apgr_b, diff=apgr_a - apgr_b, ci=(low, high), p_value=p_value,
         significant=bool(low > 0 or high < 0), n_prompts=n, n_bootstrap=n_bootstrap,
+        samples=diffs,
         level=level, rule=rule,
     )

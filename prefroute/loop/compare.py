@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from prefroute.data.tabular import read_records
-from prefroute.errors import ConfigError, DataError, check_range
-from prefroute.evaluate.curves import RULES, RankedOutcomes, ranked_curve
-from prefroute.evaluate.metrics import apgr, apgr_resampled
+from prefroute.errors import DataError
+from prefroute.evaluate.paired import paired_bootstrap_apgr_diff
 
 VERDICTS = ("better", "worse", "no significant difference")
 
@@ -74,37 +73,19 @@ def paired_apgr_difference(
 ) -> tuple[float, float, tuple[float, float], np.ndarray]:
     """(old APGR, new APGR, percentile CI of new - old, the resampled differences).
 
-    Resamples whose weak and strong qualities tie (APGR undefined) are left out.
+    Resamples whose weak and strong qualities tie (APGR undefined) are left out; the bootstrap
+    itself is ``prefroute.evaluate.paired.paired_bootstrap_apgr_diff``.
     """
-    if rule not in RULES:
-        raise ConfigError(f"rule must be one of {list(RULES)}, got {rule!r}")
-    if n_bootstrap < 1:
-        raise ConfigError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
-    check_range("level", "paired_apgr_difference", level, low=0.0, high=1.0,
-                low_inclusive=False, high_inclusive=False)
-    old = RankedOutcomes(strong_scores, weak_scores, old_probs)
-    new = RankedOutcomes(strong_scores, weak_scores, new_probs)
-    weak_q, strong_q = float(old.weak_scores.mean()), float(old.strong_scores.mean())
+    weak_q = float(np.mean(np.asarray(weak_scores, dtype=np.float64)))
+    strong_q = float(np.mean(np.asarray(strong_scores, dtype=np.float64)))
     if weak_q == strong_q:
         raise DataError(f"the strong and weak scores have the same mean ({strong_q:.4g}) on "
                         "these prompts: APGR (the share of the gap recovered) is undefined")
-    old_apgr = apgr(ranked_curve(old, points=rule), weak_q, strong_q)
-    new_apgr = apgr(ranked_curve(new, points=rule), weak_q, strong_q)
-    rng = np.random.default_rng(seed)
-    n = old.n
-    samples = np.empty(n_bootstrap)
-    for start in range(0, n_bootstrap, chunk):
-        b = min(chunk, n_bootstrap - start)
-        draws = rng.integers(0, n, size=(b, n))
-        counts = np.bincount((draws + (np.arange(b) * n)[:, None]).ravel(),
-                             minlength=b * n).reshape(b, n)
-        samples[start:start + b] = (apgr_resampled(new, counts, rule)
-                                    - apgr_resampled(old, counts, rule))
-    if np.isnan(samples).all():
-        raise ConfigError("every resample has equal weak and strong quality: APGR is undefined")
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.nanpercentile(samples, [tail, 100.0 - tail])
-    return old_apgr, new_apgr, (float(low), float(high)), samples
+    result = paired_bootstrap_apgr_diff(
+        strong_scores, weak_scores, new_probs, old_probs, rule=rule, n_bootstrap=n_bootstrap,
+        seed=seed, level=level, chunk=chunk,
+    )
+    return result.apgr_b, result.apgr_a, result.ci, result.samples
 
 
 def compare_probabilities(
