@@ -107,7 +107,8 @@ def test_200_requests_reach_strong_at_the_calibrated_rate(checkpoint, prompts, u
         side = "strong" if model == STRONG else "weak"
         decision = response._hidden_params["prefroute"]
         assert decision["side"] == side
-        assert decision["strong_win_prob"] == pytest.approx(prob, abs=1e-9)
+        # float32 embeddings: agree well below any threshold gap
+        assert decision["strong_win_prob"] == pytest.approx(prob, abs=1e-6)
         assert response._hidden_params["model_id"] == f"{side}-deployment"
         assert response.choices[0].message.content.endswith(prompt[:60])
     assert set(strong.by_model) == {STRONG} and set(weak.by_model) == {WEAK}

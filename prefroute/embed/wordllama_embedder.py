@@ -220,9 +220,7 @@ def mean_of_token_vectors(table: np.ndarray, tokens: TokenBatch) -> np.ndarray:
     ids = tokens.ids
     if len(ids) and int(ids.max()) >= len(table):  # ids past a truncated table, as WordLlama
         ids = np.minimum(ids, len(table) - 1)
-    if len(tokens.counts) == 1:  # one text: a numpy gather beats a sparse product's set-up
-        vector = np.take(table, ids, axis=0).sum(axis=0) / max(len(ids), 1)
-        return vector[None].astype(np.float32, copy=False)
+    # one path for any batch size: a text's vector must not depend on what it is batched with
     # A sparse [texts, vocabulary] matrix of 1/len weights times the table: as fast as torch's
     # embedding_bag, without importing torch (1-3 s of a cold `prefroute score`).
     counts = tokens.counts
