@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 from prefroute.serve.errors import InvalidRequestError
+from prefroute.serve.routing import pick_routing_text
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -71,13 +72,7 @@ def responses_text(body: dict[str, Any], mode: str) -> str:
             last_user = text
         if text:
             texts.append(text)
-    if last_user is None:
-        raise InvalidRequestError(
-            "the input has no user message with text to route on",
-            param="input",
-            code="no_user_turn",
-        )
-    return last_user if mode == "last-user" else "\n\n".join(texts)
+    return pick_routing_text(last_user, texts, mode, "the input has no user message", "input")
 
 
 def completions_text(body: dict[str, Any], mode: str) -> str:

@@ -350,10 +350,16 @@ def routing_text(messages: Any, mode: str) -> str:
             last_user = text
         if text:
             texts.append(text)
+    return pick_routing_text(last_user, texts, mode, "the conversation has no user turn",
+                             "messages")
+
+
+def pick_routing_text(
+    last_user: str | None, texts: list[str], mode: str, missing: str, param: str
+) -> str:
+    """The last user text (``mode="last-user"``) or all texts joined; shared by every API."""
     if last_user is None:
         raise InvalidRequestError(
-            "the conversation has no user turn with text to route on",
-            param="messages",
-            code="no_user_turn",
+            f"{missing} with text to route on", param=param, code="no_user_turn"
         )
     return last_user if mode == "last-user" else "\n\n".join(texts)
