@@ -204,12 +204,16 @@ def main() -> None:
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score-sources", type=lambda v: v.split(","), default=None,
-                        help="auto's score_sources, e.g. golden (default: every pair battle)")
+    parser.add_argument("--score-sources", type=lambda v: v if v in ("auto", "all")
+                        else v.split(","), default="auto",
+                        help="auto's score_sources: auto (default: golden battles when there "
+                             "are enough), all, or source prefixes, e.g. golden")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "auto.json")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "figures")
     args = parser.parse_args()
-    args.suffix = "" if args.score_sources is None else "_" + "_".join(args.score_sources)
+    chosen = args.score_sources
+    args.suffix = "" if chosen == "auto" else "_" + (chosen if isinstance(chosen, str)
+                                                     else "_".join(chosen))
 
     from prefroute.evaluate.plots import plot_routing_curves
     from prefroute.evaluate.protocols import judge_battles

@@ -151,3 +151,33 @@ def test_auto_score_sources_must_match_pair_battles(gsm8k_battles):
     with pytest.raises(ConfigError, match="score_sources"):
         AutoRouter(strong_model=STRONG, weak_model=WEAK, score_sources="golden",
                    progress=False).fit(battles)
+
+
+def test_auto_scores_on_golden_battles_when_there_are_enough(gsm8k_battles, data_dir):
+    """Judge battles train the candidates, but APGR is about graded correctness: by default
+    auto chooses on the golden pair battles once there are enough of them."""
+    from prefroute.data.battles import Battles
+    from prefroute.routers.auto import MIN_GOLDEN_TO_SCORE
+    from prefroute.training import load_training_battles
+
+    golden, _ = gsm8k_battles
+    judge = load_training_battles(["alpaca_eval"], data_dir)
+    judge_pair = judge.filter(np.array([{a, b} == {STRONG, WEAK} for a, b in zip(
+        judge.column("model_a"), judge.column("model_b"), strict=True)]))
+    assert len(judge_pair) > 50
+    mixed = Battles.concat([golden, judge])
+
+    def fit(battles, **params):
+        return AutoRouter(strong_model=STRONG, weak_model=WEAK, candidates=SMALL_CANDIDATES,
+                          n_folds=3, progress=False, **params).fit(battles)
+
+    n_golden = len(golden)  # every golden battle is between the pair
+    assert n_golden >= MIN_GOLDEN_TO_SCORE
+    default = fit(mixed)
+    assert len(default.oof_labels_) == n_golden
+    assert default.scored_on_.startswith(f"{n_golden} golden pair battles")
+    every = fit(mixed, score_sources="all")
+    assert len(every.oof_labels_) == n_golden + len(judge_pair)
+    # too few golden battles to choose by: every pair battle counts
+    few = Battles.concat([golden.take(np.arange(MIN_GOLDEN_TO_SCORE - 1)), judge])
+    assert len(fit(few).oof_labels_) == MIN_GOLDEN_TO_SCORE - 1 + len(judge_pair)

@@ -223,11 +223,6 @@ def test_a_million_row_file_streams_in_bounded_memory(mf_router, data_dir, tmp_p
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #18, open: on a loaded 2-core machine Ray Data returned rows out of order once "
-    "in CI despite preserve_order; quarantined until the cause is found",
-)
 @pytest.mark.slow  # starts a Ray cluster: ~20 s on a quiet machine
 def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     ray = pytest.importorskip("ray")
@@ -243,7 +238,7 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = score_with_ray(checkpoint, source, tmp_path / "ray_out", id_field="request_id",
-                              with_decision=True, batch_size=300)
+                              with_decision=True, batch_size=100)
     finally:
         ray.shutdown()
     assert rows == n

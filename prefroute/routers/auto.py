@@ -77,6 +77,9 @@ COMBINE = ("auto", "select", "stack")
 _CANDIDATE_KEYS = {"name", "router", "params", "source_weights"}
 MAX_MEMBERS = 32
 MEMBERS_DIR = "members"
+# golden battles of the pair needed before auto scores candidates on them alone: below this the
+# out-of-fold APGR of a few hundred items is too noisy to choose by
+MIN_GOLDEN_TO_SCORE = 200
 
 
 def _check_candidates(candidates: Any, owner: str) -> list[dict[str, Any]]:
@@ -128,9 +131,11 @@ class AutoRouter(WinPredictor):
         ``candidate_models_`` (for comparisons; never saved).
     share_embeddings: embed each distinct prompt (and its surface features) once for all
         candidates and folds; False lets every fit embed on its own (the slow, plain way).
-    score_sources: source prefixes (e.g. ``["golden"]``) whose pair battles define the
-        out-of-fold score: the battles that look like the traffic to route. None: every pair
-        battle. All battles still train every candidate.
+    score_sources: which pair battles define the out-of-fold score. ``"auto"`` (default):
+        the golden ones (labels from the models' graded correctness, what APGR measures) when
+        there are at least ``MIN_GOLDEN_TO_SCORE``, else every pair battle. ``"all"``: every
+        pair battle. A list of source prefixes (e.g. ``["golden"]``, ``["judge"]``): those.
+        All battles still train every candidate.
     progress: show a tqdm bar.
 
     Attributes
@@ -148,7 +153,7 @@ class AutoRouter(WinPredictor):
                  candidates: list[dict[str, Any]] | None = None, n_folds: int = 5, seed: int = 0,
                  group_threshold: float = 0.95, combine: str = "auto", stack_c: float = 1.0,
                  calibration: str = "platt", keep_candidates: bool = False,
-                 share_embeddings: bool = True, score_sources: list[str] | None = None,
+                 share_embeddings: bool = True, score_sources: str | list[str] = "auto",
                  progress: bool = True) -> None:
         super().__init__(strong_model=strong_model, weak_model=weak_model)
         self.embedder = embedder
@@ -177,11 +182,12 @@ class AutoRouter(WinPredictor):
         check_choice("progress", owner, self.progress, (True, False))
         check_choice("keep_candidates", owner, self.keep_candidates, (True, False))
         check_choice("share_embeddings", owner, self.share_embeddings, (True, False))
-        if self.score_sources is not None and (
+        if self.score_sources not in ("auto", "all") and (
                 not isinstance(self.score_sources, (list, tuple)) or not self.score_sources
                 or not all(isinstance(x, str) and x for x in self.score_sources)):
-            raise ConfigError(f"The 'score_sources' parameter of {owner} must be a non-empty "
-                              f"list of source prefixes or None. Got {self.score_sources!r}.")
+            raise ConfigError(f"The 'score_sources' parameter of {owner} must be 'auto', 'all' "
+                              f"or a non-empty list of source prefixes. Got "
+                              f"{self.score_sources!r}.")
         candidates = list(DEFAULT_CANDIDATES) if self.candidates is None else self.candidates
         return _check_candidates(candidates, owner)
 
@@ -217,8 +223,7 @@ class AutoRouter(WinPredictor):
         memo = MemoEmbedder(self.embedder)
         self._feature_memo = FeatureMemo()
         pairs = pair_rows(battles, self.strong_model, self.weak_model)
-        if self.score_sources is not None:
-            pairs = _from_sources(pairs, battles, list(self.score_sources))
+        pairs, self.scored_on_ = _scoring_battles(pairs, battles, self.score_sources)
         distinct, code = np.unique(np.array(battles.prompts, dtype=object), return_inverse=True)
         distinct = [str(p) for p in distinct]
         vectors = memo.encode(distinct)  # every prompt embedded once, for all candidates
@@ -362,7 +367,7 @@ class AutoRouter(WinPredictor):
                  "candidates": self.candidate_names_, "calibration": cal_state,
                  "stack_weights": self.stack_weights_.tolist(),
                  "stack_intercept": self.stack_intercept_,
-                 "oof_table": self.oof_table_}
+                 "oof_table": self.oof_table_, "scored_on": self.scored_on_}
         return tensors, extra
 
     def _save_files(self, directory: Path) -> None:
@@ -416,11 +421,32 @@ class AutoRouter(WinPredictor):
         self.stack_intercept_ = float(intercept[0])
         table = extra.get("oof_table")
         self.oof_table_ = table if isinstance(table, list) else []
+        scored_on = extra.get("scored_on")
+        self.scored_on_ = scored_on if isinstance(scored_on, str) else ""
         self.candidate_names_ = list(extra.get("candidates") or [])
         self.oof_probs_ = tensors.get("oof_probs")
         self.oof_labels_ = tensors.get("oof_labels")
         folds = tensors.get("oof_folds")
         self.oof_folds_ = None if folds is None else folds.astype(np.int64)
+
+
+def _scoring_battles(pairs: PairRows, battles: Battles, score_sources: str | list[str]
+                     ) -> tuple[PairRows, str]:
+    """The pair battles that define the out-of-fold score, and a line saying which."""
+    if score_sources == "all":
+        return pairs, f"every pair battle ({len(pairs)})"
+    if score_sources != "auto":
+        chosen = _from_sources(pairs, battles, list(score_sources))
+        return chosen, f"{len(chosen)} pair battles from {', '.join(score_sources)}"
+    sources = battles.column("source")
+    golden = sum(str(sources[r] or "").startswith("golden") for r in pairs.rows)
+    if golden >= MIN_GOLDEN_TO_SCORE:
+        chosen = _from_sources(pairs, battles, ["golden"])
+        logger.info("auto: scoring candidates on the %d golden pair battles (of %d)",
+                    len(chosen), len(pairs))
+        return chosen, f"{len(chosen)} golden pair battles (of {len(pairs)})"
+    return pairs, f"every pair battle ({len(pairs)}; {golden} golden, fewer than " \
+                  f"{MIN_GOLDEN_TO_SCORE})"
 
 
 def _from_sources(pairs: PairRows, battles: Battles, prefixes: list[str]) -> PairRows:
@@ -468,6 +494,8 @@ def describe_auto(config: dict[str, Any]) -> str:
         lines.append(f"stack weights (on logit P): {weights}; "
                      f"intercept {state.get('stack_intercept', 0.0):+.3f}")
     lines.append(f"calibration: {cal.get('method')}")
+    if state.get("scored_on"):
+        lines.append(f"out-of-fold scores over: {state['scored_on']}")
     lines.append("")
     lines.append("| candidate | router | OOF APGR | Brier raw | Brier calibrated | chosen "
                  "| status |")

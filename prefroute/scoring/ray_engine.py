@@ -9,6 +9,7 @@ Ray is the optional extra ``prefroute[ray]``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -103,6 +104,47 @@ class RouterActor:
         return score_table(prompts, ids, np.asarray(probs), self.decision)
 
 
+def ordered_parquet_sink(folder: Path) -> Any:
+    """A Ray Data sink writing each write task's blocks, in arrival order, to
+    ``part-<task index>.parquet`` in ``folder``.
+
+    Ray's own ``write_parquet`` hands a task's blocks to ``pyarrow.dataset.write_dataset`` with
+    threads on and ``preserve_order`` off, so rows inside one file can come out shuffled (seen
+    under load). Here a task writes its blocks one after another with one ``ParquetWriter``.
+    """
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    class OrderedParquetSink(Datasink):
+        def __init__(self, target: str) -> None:
+            self.target = target
+
+        def write(self, blocks: Any, ctx: Any) -> int:
+            path = Path(self.target) / f"part-{ctx.task_idx:06d}.parquet"
+            partial = path.with_name(f".{path.name}.partial")
+            writer: pq.ParquetWriter | None = None
+            rows = 0
+            try:
+                for block in blocks:
+                    table = BlockAccessor.for_block(block).to_arrow()
+                    if table.num_rows == 0:
+                        continue
+                    if writer is None:
+                        writer = pq.ParquetWriter(partial, table.schema)
+                    elif not table.schema.equals(writer.schema):
+                        table = table.cast(writer.schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is not None:
+                os.replace(partial, path)
+            return rows
+
+    return OrderedParquetSink(str(folder))
+
+
 def _read(ray: Any, path: Path, columns: list[str], blocks: int | None) -> Any:
     fmt = input_format(path)
     if fmt == "parquet":
@@ -138,8 +180,10 @@ def score_with_ray(
     """Score ``prompts_path`` into the Parquet folder ``out`` with Ray Data; returns the row count.
 
     ``address`` joins an existing cluster (``auto`` or ``ray://host:10001``); without it Ray
-    uses the cluster this process already joined or starts a local one. Rows keep input order
-    (part files are named in order). ``out`` is staged beside itself and renamed into place.
+    uses the cluster this process already joined or starts a local one. Rows keep input order:
+    part files are named by write task in order, and each holds its rows in order. The folder
+    must be reachable from every worker (a shared file system), as for Ray's own writers.
+    ``out`` is staged beside itself and renamed into place.
     """
     from prefroute.router import load_router
 
@@ -185,7 +229,7 @@ def score_with_ray(
             concurrency=actors,
             num_cpus=1,
         )
-        scored.write_parquet(str(stage))
+        scored.write_datasink(ordered_parquet_sink(stage))
         rows = sum(
             pq.ParquetFile(f).metadata.num_rows for f in sorted(stage.glob("*.parquet"))
         )
