@@ -69,6 +69,8 @@ def run_benchmark(bench: str, data_dir: Path, judge, args) -> dict:
     from prefroute.evaluate.protocols import PAIR_STRONG, PAIR_WEAK, KnnScorer
     from prefroute.prob_calibration import brier, crossfit_calibrated, reliability_table
     from prefroute.routers.auto import AutoRouter
+    from prefroute.routers.auto_crossfit import clipped_logit, stack_predict
+    from prefroute.routers.logistic import fit_soft_logistic
 
     outcomes, strong, weak, splits, folds = training_sets(bench, data_dir, judge, args.seed)
     probs: dict[str, np.ndarray] = {}
@@ -91,8 +93,18 @@ def run_benchmark(bench: str, data_dir: Path, judge, args) -> dict:
               f"({fit_seconds[-1]:.0f} s, {len(train)} battles)", flush=True)
         put("auto", test_rows, auto.predict_proba(prompts))
         put("auto (uncalibrated)", test_rows, auto.uncalibrated_proba(prompts))
+        member_probs = {}
         for name, model in auto.candidate_models_.items():
-            put(name, test_rows, model.predict_proba(prompts))
+            member_probs[name] = model.predict_proba(prompts)
+            put(name, test_rows, member_probs[name])
+        # the alternative rule, from the same fits: always the cross-fitted stack of every
+        # candidate (auto stacks only when the stack's OOF APGR beats the best single one)
+        weights, intercept = fit_soft_logistic(
+            clipped_logit(auto.oof_probs_), auto.oof_labels_, np.ones(len(auto.oof_labels_)),
+            c=float(auto.stack_c))
+        stacked = stack_predict(np.column_stack([member_probs[n] for n in
+                                                 auto.candidate_names_]), weights, intercept)
+        put("auto, always stack", test_rows, stacked)
         put("knn-golden (k=50)", test_rows, KnnScorer().fit(train)(prompts))
         put("prompt-length", test_rows, prompt_length_probs(prompts))
 
@@ -120,14 +132,17 @@ def run_benchmark(bench: str, data_dir: Path, judge, args) -> dict:
             "reliability_calibrated": reliability_table(calibrated, labels),
         }
     auto_p = probs["auto"][np.flatnonzero(test_mask)][eval_set.rows]
-    candidates = [n for n in probs if n not in ("auto", "auto (uncalibrated)",
-                                                 "knn-golden (k=50)", "prompt-length")]
+    not_candidates = ("auto", "auto (uncalibrated)", "auto, always stack", "knn-golden (k=50)",
+                      "prompt-length")
+    candidates = [n for n in probs if n not in not_candidates]
     best = max(candidates, key=lambda n: results[n].apgr)
     paired = {}
-    for other in ("knn-golden (k=50)", "prompt-length", best):
-        other_p = probs[other][np.flatnonzero(test_mask)][eval_set.rows]
-        paired[f"auto - {other}"] = paired_bootstrap_apgr_diff(
-            s, w, auto_p, other_p, n_bootstrap=args.bootstrap, seed=args.seed).to_dict()
+    stack_p = probs["auto, always stack"][np.flatnonzero(test_mask)][eval_set.rows]
+    for label, mine in (("auto", auto_p), ("auto, always stack", stack_p)):
+        for other in ("knn-golden (k=50)", "prompt-length", best):
+            other_p = probs[other][np.flatnonzero(test_mask)][eval_set.rows]
+            paired[f"{label} - {other}"] = paired_bootstrap_apgr_diff(
+                s, w, mine, other_p, n_bootstrap=args.bootstrap, seed=args.seed).to_dict()
     return {"benchmark": bench, "pair": [strong, weak], "n_prompts": len(eval_set.prompts),
             "dropped": eval_set.dropped, "fit_seconds": fit_seconds, "chosen": chosen,
             "best_candidate": best, "results": {n: r.to_dict() for n, r in results.items()},

@@ -13,6 +13,7 @@ held-out 20% beside kNN (same 600 battles), prompt length and random, with 95% C
 
     python benchmarks/bench_neural_memory.py --before /tmp/prefroute-before
     python benchmarks/bench_neural_memory.py --report     # tables from the cached runs
+    python benchmarks/bench_neural_memory.py --score-mmlu after-bert-600,after-causal_llm-600
 """
 
 from __future__ import annotations
@@ -106,6 +107,33 @@ def run_training(name: str, code: Path, router: str, data: Path, extra: list[str
     return result
 
 
+def score_mmlu(name: str, data_dir: Path, out: Path, limit: int | None) -> dict:
+    """``prefroute score`` of every MMLU prompt (14k) with checkpoint ``name``: peak RSS, wall,
+    and whether the progress bar was shown."""
+    from prefroute.data.outcomes import load_outcomes
+
+    prompts = out / "mmlu_prompts.jsonl"
+    if not prompts.is_file():
+        rows = load_outcomes("mmlu", data_dir).prompts
+        prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    scores = out / "scores" / f"{name}.parquet"
+    scores.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "prefroute.cli.main", "score",
+           str(out / "ckpt" / name), "--prompts", str(prompts), "--out", str(scores),
+           "--overwrite", *(["--limit", str(limit)] if limit else [])]
+    start = time.time()
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, cwd=ROOT)
+    wall = time.time() - start
+    (out / "logs" / f"score-{name}.log").write_text(" ".join(cmd) + "\n\n" + proc.stderr)
+    peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    n = sum(1 for _ in prompts.open()) if not limit else limit
+    return {"name": name, "rc": proc.returncode, "prompts": n, "wall_s": round(wall, 1),
+            "prompts_per_s": round(n / wall, 1),
+            "peak_rss_gib": round(int(peak_kb.group(1)) / 2**20, 2) if peak_kb else None,
+            "progress_bar_shown": "scoring" in proc.stderr and "prompt/s" in proc.stderr}
+
+
 def evaluate(data_dir: Path, out: Path, n_eval: int) -> list[dict]:
     from prefroute.data.battles import Battles
     from prefroute.data.outcomes import load_outcomes
@@ -170,9 +198,21 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=500)
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--report", action="store_true", help="only print the cached tables")
+    parser.add_argument("--score-mmlu", default="",
+                        help="comma-separated trained runs to score all MMLU prompts with")
+    parser.add_argument("--score-limit", type=int, help="score only the first N MMLU prompts")
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    if args.score_mmlu:
+        cache = out / "scoring.json"
+        done = json.loads(cache.read_text()) if cache.is_file() else {}
+        for name in args.score_mmlu.split(","):
+            print(f"scoring MMLU with {name} ...", flush=True)
+            done[name] = score_mmlu(name, args.data_dir, out, args.score_limit)
+            print(json.dumps(done[name]), flush=True)
+            cache.write_text(json.dumps(done, indent=1))
+        return
     if not args.report:
         paths = write_battles(args.data_dir, out)
         cache = out / "runs.json"

@@ -3,7 +3,8 @@
 Every figure is measured on fresh processes through the real command line, side by side in
 one run with the command before this work (the tree at ``--before`` unpacked with ``git
 archive``) and with the library called in-process. Throughput counts 20,000 MMLU-Pro
-prompts minus 1 so start-up cancels out: rate = 19,999 / (time(20,000) - time(1)).
+prompts minus 1 so start-up cancels out: rate = 19,999 / (median time(20,000) - median
+time(1)) over ``--repeats`` interleaved runs.
 
     python benchmarks/bench_score_cli.py --data-dir ../shared/data --out benchmarks/out/score
 """
@@ -172,22 +173,26 @@ def throughput(args, ckpts, before_tree, files, n) -> dict:
                 out.unlink(missing_ok=True)
                 full = run_timed([*cli, str(ckpt), "--prompts", str(files[n]), "--out", str(out),
                                   *extra], env)
-                samples[variant].append(
-                    ((n - 1) / (full[0] - one[0]), (n - 1) / max(full[1] - one[1], 1e-9),
-                     full[0])
-                )
+                samples[variant].append((one, full))
             seconds = library_seconds(ckpt, files[n], env_after, 4096)
-            samples["library in-process, 1 process (4,096 per call)"].append(
-                (n / seconds, None, seconds)
-            )
-        results[name] = {
-            v: {
-                "rate_wall": statistics.median(s[0] for s in runs),
-                "rate_cpu": None if runs[0][1] is None else statistics.median(s[1] for s in runs),
-                "runs": runs,
+            samples["library in-process, 1 process (4,096 per call)"].append(seconds)
+        results[name] = {}
+        for variant, runs in samples.items():
+            if variant.startswith("library"):
+                results[name][variant] = {"rate_wall": n / statistics.median(runs),
+                                          "rate_cpu": None, "runs": runs}
+                continue
+            # medians of each run length first: one slow start-up then moves one median a
+            # little instead of making one rate negative
+            one_wall = statistics.median(r[0][0] for r in runs)
+            full_wall = statistics.median(r[1][0] for r in runs)
+            one_cpu = statistics.median(r[0][1] for r in runs)
+            full_cpu = statistics.median(r[1][1] for r in runs)
+            results[name][variant] = {
+                "rate_wall": (n - 1) / (full_wall - one_wall),
+                "rate_cpu": (n - 1) / max(full_cpu - one_cpu, 1e-9),
+                "median_wall_1": one_wall, "median_wall_n": full_wall, "runs": runs,
             }
-            for v, runs in samples.items()
-        }
         print(name, json.dumps({v: round(r["rate_wall"]) for v, r in results[name].items()}))
     return results
 
@@ -213,7 +218,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "score")
     parser.add_argument("--parts", default="throughput,profile,workers,ray,rss")
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rss-sizes", default="100000,500000,1000000,2000000")
     parser.add_argument("--rss-before-sizes", default="100000,200000")
     parser.add_argument("--rss-router", default="mf", help="sw_bt, mf or random")

@@ -40,7 +40,8 @@ def score(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="local processes (default: all cores for inputs of 2 MiB or more, else 1)",
+        help="local processes (default: all cores for 50,000+ rows, or 32 MiB+ when the row "
+        "count is unknown; else 1)",
     ),
     limit: int | None = typer.Option(None, "--limit", help="score only the first N prompts"),
     engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)"),

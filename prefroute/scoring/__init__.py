@@ -63,7 +63,7 @@ def score_file(
     """Score every prompt of ``prompts_path`` into ``out`` (.jsonl, .csv or .parquet).
 
     Rows come out in input order; memory follows ``batch_size``, not the file size.
-    ``workers=None`` picks all usable cores for inputs of 2 MiB or more. ``out`` appears
+    ``workers=None`` picks all usable cores for inputs of 50,000 rows or more. ``out`` appears
     only when every row is written, and an existing ``out`` is replaced only with
     ``overwrite``.
     """
@@ -77,8 +77,9 @@ def score_file(
     decision = decision_for(
         router, id_field=id_field, with_decision=with_decision, with_prompt=with_prompt
     )
+    total = count_rows(prompts_path)
     if workers is None:
-        workers = auto_workers(_input_bytes(prompts_path))
+        workers = auto_workers(_input_bytes(prompts_path), total)
     batches = iter_prompt_batches(
         prompts_path,
         batch_size=batch_size,
@@ -86,7 +87,6 @@ def score_file(
         id_field=id_field,
         limit=limit,
     )
-    total = count_rows(prompts_path)
     if total is not None and limit is not None:
         total = min(total, limit)
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")

