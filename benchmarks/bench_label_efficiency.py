@@ -5,8 +5,10 @@ one grouped, stratified 5-fold split (seed 0; near-copies in one fold); fold 0 i
 set, the other folds the pool. From the pool, N prompts (50 ... 1,600, at most the pool)
 get their golden label, picked either uniformly at random or by ``select_prompts``
 (cluster coverage of the embedding + surface-feature space; no router, so no uncertainty
-term). A logistic router (``routers.logistic``: wordllama + surface features) trains on
-those N labels only and is scored on the test fold (APGR, RouteLLM's deciles). 5 seeds.
+term), or by ``select_prompts`` with a router retrained on the labels so far (active
+learning rounds at the sizes below; cluster coverage mixed with uncertainty). A logistic
+router (``routers.logistic``: wordllama + surface features) trains on those N labels only
+and is scored on the test fold (APGR, RouteLLM's deciles). 5 seeds.
 
     nice -n 10 python benchmarks/bench_label_efficiency.py
 
@@ -65,8 +67,25 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
         probs = expit(x_test @ coef + intercept)
         return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
 
+    def rounds_with_router(seed: int) -> list[float]:
+        """Active learning as a user would run it: the first size picked at random, then each
+        round ``augment select --router`` on the unlabelled rest, with the router retrained
+        on every label so far (cluster coverage mixed with uncertainty)."""
+        chosen = np.random.default_rng(seed).choice(len(pool), sizes[0], replace=False)
+        curve = [apgr_of(chosen)]
+        for n in sizes[1:]:
+            coef, intercept = fit_soft_logistic(x_pool[chosen], labels[chosen],
+                                                np.ones(len(chosen)), c=1.0)
+            free = np.setdiff1d(np.arange(len(pool)), chosen)
+            picks = select_prompts([pool[i] for i in free], n - len(chosen), seed=seed,
+                                   vectors=x_pool[free],
+                                   strong_win_prob=expit(x_pool[free] @ coef + intercept))
+            chosen = np.concatenate([chosen, free[picks.indices]])
+            curve.append(apgr_of(chosen))
+        return curve
+
     sizes = [n for n in SIZES if n <= len(pool)]
-    curves: dict[str, list[list[float]]] = {"random": [], "select": []}
+    curves: dict[str, list[list[float]]] = {"random": [], "select": [], "select_router": []}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         curves["random"].append([apgr_of(rng.choice(len(pool), n, replace=False))
@@ -74,18 +93,20 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
         curves["select"].append([apgr_of(select_prompts(pool, n, seed=seed,
                                                         vectors=x_pool).indices)
                                  for n in sizes])
-        print(f"[{bench}] seed {seed}: random {np.round(curves['random'][-1], 3).tolist()} "
-              f"select {np.round(curves['select'][-1], 3).tolist()}", flush=True)
+        curves["select_router"].append(rounds_with_router(seed))
+        print(f"[{bench}] seed {seed}: " + "; ".join(
+            f"{k} {np.round(v[-1], 3).tolist()}" for k, v in curves.items()), flush=True)
     full = apgr_of(np.arange(len(pool)))
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     target = mean["random"][-1]
-    reached = [n for n, m in zip(sizes, mean["select"], strict=True) if m >= target]
+    reached = {k: next((n for n, m in zip(sizes, mean[k], strict=True) if m >= target), None)
+               for k in ("select", "select_router")}
     return {"benchmark": bench, "pair": [strong, weak], "pool": len(pool),
             "test": len(test_rows), "sizes": sizes, "curves": curves,
             "mean": {k: v.tolist() for k, v in mean.items()},
             "sd": {k: np.std(v, axis=0, ddof=1).tolist() for k, v in curves.items()},
             "all_pool_labels_apgr": full,
-            "select_first_size_reaching_random_at_max": reached[0] if reached else None}
+            "first_size_reaching_random_at_max": reached}
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -95,11 +116,12 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
-    colours = {"random": "tab:grey", "select": "tab:blue"}
-    labels = {"random": "random prompts", "select": "augment select (cluster coverage)"}
+    colours = {"random": "tab:grey", "select": "tab:blue", "select_router": "tab:orange"}
+    labels = {"random": "random prompts", "select": "augment select (cluster coverage)",
+              "select_router": "augment select --router, retrained each round"}
     for ax, (bench, r) in zip(axes[0], results.items(), strict=True):
         sizes = np.array(r["sizes"])
-        for key in ("random", "select"):
+        for key in [k for k in colours if k in r["mean"]]:
             m, sd = np.array(r["mean"][key]), np.array(r["sd"][key])
             ax.plot(sizes, m, marker="o", color=colours[key],
                     label=f"{labels[key]}, mean of {len(r['curves'][key])} seeds")
@@ -146,13 +168,14 @@ def main() -> None:
     plot(results, args.figure)
     for bench, r in results.items():
         print(f"\n{bench} (pool {r['pool']}, test {r['test']})")
-        print("| labels | random APGR (mean ± sd) | select APGR (mean ± sd) |")
-        print("|---:|---|---|")
+        keys = list(r["mean"])
+        print("| labels | " + " | ".join(f"{k} APGR (mean ± sd)" for k in keys) + " |")
+        print("|---:|" + "---|" * len(keys))
         for i, n in enumerate(r["sizes"]):
-            print(f"| {n} | {r['mean']['random'][i]:.3f} ± {r['sd']['random'][i]:.3f} | "
-                  f"{r['mean']['select'][i]:.3f} ± {r['sd']['select'][i]:.3f} |")
-        print(f"all pool labels: {r['all_pool_labels_apgr']:.3f}; select first reaches random's "
-              f"APGR at {r['sizes'][-1]} with {r['select_first_size_reaching_random_at_max']}")
+            print(f"| {n} | " + " | ".join(f"{r['mean'][k][i]:.3f} ± {r['sd'][k][i]:.3f}"
+                                           for k in keys) + " |")
+        print(f"all pool labels: {r['all_pool_labels_apgr']:.3f}; first size reaching random's "
+              f"APGR at {r['sizes'][-1]}: {r['first_size_reaching_random_at_max']}")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--rss-sizes", default="100000,500000,1000000,2000000")
     parser.add_argument("--rss-before-sizes", default="100000,200000")
     parser.add_argument("--rss-router", default="mf", help="sw_bt, mf or random")
+    parser.add_argument("--rss-earlier", type=Path,
+                        help="JSON report of an earlier rss run to draw beside this one")
     parser.add_argument("--scale-n", type=int, default=200_000, help="rows for workers / Ray")
     parser.add_argument("--before", default=BEFORE_COMMIT)
     args = parser.parse_args()
@@ -308,6 +310,10 @@ def main() -> None:
             source.unlink()
             print("rss before", size, round(mb), "MB", round(wall), "s")
         report["rss"] = rss
+        if args.rss_earlier:  # a saved report of an earlier run, drawn beside this one
+            earlier = json.loads(args.rss_earlier.read_text())["rss"]
+            rss = {**rss, "earlier": earlier["after"],
+                   "before": rss["before"] or earlier["before"]}
         plot_rss(rss, args.out / f"score_rss_{args.rss_router}.png", args.rss_router)
 
     report["load_after"] = os.getloadavg()
@@ -325,9 +331,11 @@ def plot_rss(rss: dict, path: Path, router: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label, colour, marker in (
         ("after", "prefroute score now (streamed Parquet, 2 processes)", "tab:blue", "o"),
+        ("earlier", "first streaming version (pre-buffered reader, 2M-segment cache)",
+         "tab:orange", "^"),
         ("before", "prefroute score before (whole file in memory)", "tab:red", "s"),
     ):
-        points = sorted((int(k), v["peak_mb"]) for k, v in rss[key].items())
+        points = sorted((int(k), v["peak_mb"]) for k, v in rss.get(key, {}).items())
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker=marker, color=colour, label=label)

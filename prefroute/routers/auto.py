@@ -123,8 +123,12 @@ class AutoRouter(WinPredictor):
         defaults (``DEFAULT_CANDIDATES``).
     n_folds, seed: cross-fitting folds over near-duplicate groups.
     group_threshold: cosine at which prompts count as near-duplicates (kept in one fold).
-    combine: ``"auto"`` (stack only when its OOF APGR beats the best single candidate),
-        ``"select"`` (best single candidate) or ``"stack"``.
+    combine: ``"stack"`` (default: the cross-fitted logistic stack of every candidate that
+        fits), ``"auto"`` (the stack only when its OOF APGR beats the best single candidate)
+        or ``"select"`` (the best single candidate). Choosing one of several near-tied
+        candidates by OOF APGR is noisy: on RouteLLM's MMLU it picked kNN in 4 of 5 folds
+        and landed 0.008 under the best candidate, where the stack was 0.002 above it
+        (benchmarks/RESULTS.md, issue 15). A stack scores every member per prompt.
     stack_c: inverse L2 strength of the logistic combiner.
     calibration: ``"platt"`` (keeps the routing order), ``"isotonic"`` or ``"none"``.
     keep_candidates: also refit every candidate on all battles and keep them in memory as
@@ -151,7 +155,7 @@ class AutoRouter(WinPredictor):
     def __init__(self, *, strong_model: str, weak_model: str,
                  embedder: str | dict[str, Any] | Embedder = "wordllama",
                  candidates: list[dict[str, Any]] | None = None, n_folds: int = 5, seed: int = 0,
-                 group_threshold: float = 0.95, combine: str = "auto", stack_c: float = 1.0,
+                 group_threshold: float = 0.95, combine: str = "stack", stack_c: float = 1.0,
                  calibration: str = "platt", keep_candidates: bool = False,
                  share_embeddings: bool = True, score_sources: str | list[str] = "auto",
                  progress: bool = True) -> None:
