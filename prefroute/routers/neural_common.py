@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from prefroute._logging import logger
-from prefroute._torch_util import torch_threads
+from prefroute._torch_util import release_freed_memory, torch_threads
 from prefroute.data.battles import Battles
 from prefroute.errors import CheckpointError, ConfigError, DataError, check_choice, check_range
 from prefroute.routers.base import WinPredictor
@@ -907,13 +907,17 @@ class NeuralWinPredictor(WinPredictor):
                    disable=not self.progress or len(ids) <= 4 * step)
         with (torch_threads(self.torch_threads), torch.inference_mode(),
               autocast_context(str(device), precision)):
-            for start in range(0, len(ids), step):
+            for n_pass, start in enumerate(range(0, len(ids), step)):
                 rows = order[start : start + step]
                 batch = to_device(self._collate([ids[i] for i in rows]), device)
                 _, class_logits = self._outputs(model, batch)
                 out[rows] = torch.softmax(class_logits.float(), dim=-1).cpu().numpy()
                 bar.update(len(rows))
+                if device.type == "cpu" and n_pass % 16 == 15:
+                    release_freed_memory()
         bar.close()
+        if device.type == "cpu":
+            release_freed_memory()
         return out
 
     def _predict(self, prompts: list[str]) -> np.ndarray:
