@@ -22,12 +22,47 @@ class OutputError(PrefrouteError):
     """An output path that cannot or must not be written."""
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_permissions(folder: Path) -> None:
+    """Give what a writer left private (safetensors writes 0600) the umask's default modes;
+    executable files keep their execute bits."""
+    umask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~umask)
+        elif path.is_file():
+            executable = path.stat().st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
 def _temp_sibling(path: Path, *, directory: bool) -> Path:
+    """A temporary sibling of ``path``, with the permissions a plain ``open``/``mkdir`` would
+    give (tempfile makes them private: 0600 files, 0700 folders, which a team sharing a
+    checkpoint or a server running as another user could not read)."""
     prefix = f".{path.name}.tmp-"
+    umask = current_umask()
     if directory:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        os.chmod(folder, 0o777 & ~umask)
+        return folder
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 
@@ -167,6 +202,7 @@ def staged_output_dir(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    _plain_permissions(stage)
     old = None
     if out.exists():
         old = _temp_sibling(out, directory=True)

@@ -187,3 +187,22 @@ def test_judge_help_documents_the_verdict_format(monkeypatch, capsys):
     text = " ".join(out.split())
     assert code == 0 and "[[A]]" in text and "[[B]]" in text and "[[C]]" in text
     assert "usage.prompt_tokens" in text
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(checkpoint, tmp_path):
+    """Atomic writes go through private temp files (0600 / 0700); what lands must be readable
+    as if written in place, or a shared checkpoint breaks for the rest of the team."""
+    import os
+
+    from prefroute.io import atomic_write_text, current_umask
+
+    umask = current_umask()
+    assert (os.stat(atomic_write_text(tmp_path / "table.md", "x")).st_mode & 0o777) == (
+        0o666 & ~umask)
+    folders = [checkpoint, *(p for p in checkpoint.rglob("*") if p.is_dir())]
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    assert files
+    for folder in folders:
+        assert (folder.stat().st_mode & 0o777) == 0o777 & ~umask, folder
+    for file in files:
+        assert (file.stat().st_mode & 0o777) == 0o666 & ~umask, file
