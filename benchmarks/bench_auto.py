@@ -16,7 +16,10 @@ with 95% CIs, CPT(50%), the paired bootstrap of auto - kNN, auto - length and au
 candidate, Brier scores before / after a cross-fitted Platt map, and reliability diagrams.
 
     nice -n 10 python benchmarks/bench_auto.py [--benchmarks mmlu,gsm8k,mmlu_pro]
-        [--inner-folds 3] [--score-sources golden --out benchmarks/out/auto_golden.json]
+        [--inner-folds 3] [--combine auto] [--score-sources golden --out other.json]
+
+The row "auto" uses ``--combine`` (default: the router's own default, the stack); the row
+"auto, always stack" is the stack from the same fits, for comparison with another rule.
 
 Writes ``benchmarks/out/auto.json`` and ``benchmarks/figures/auto_*.png``.
 """
@@ -85,7 +88,8 @@ def run_benchmark(bench: str, data_dir: Path, judge, args) -> dict:
         started = time.perf_counter()
         auto = AutoRouter(strong_model=PAIR_STRONG, weak_model=PAIR_WEAK,
                           n_folds=args.inner_folds, seed=args.seed, keep_candidates=True,
-                          score_sources=args.score_sources, progress=True).fit(train)
+                          score_sources=args.score_sources, progress=True,
+                          **({"combine": args.combine} if args.combine else {})).fit(train)
         fit_seconds.append(time.perf_counter() - started)
         chosen.append({"mode": auto.mode_, "members": auto.member_names_,
                        "oof_table": auto.oof_table_})
@@ -223,6 +227,8 @@ def main() -> None:
                         else v.split(","), default="auto",
                         help="auto's score_sources: auto (default: golden battles when there "
                              "are enough), all, or source prefixes, e.g. golden")
+    parser.add_argument("--combine", choices=("stack", "auto", "select"),
+                        help="auto's combine rule for the 'auto' row (default: the router's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "auto.json")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "figures")
     args = parser.parse_args()
