@@ -51,18 +51,15 @@ def _plain_permissions(folder: Path) -> None:
 
 
 def _temp_sibling(path: Path, *, directory: bool) -> Path:
-    """A temporary sibling of ``path``, with the permissions a plain ``open``/``mkdir`` would
-    give (tempfile makes them private: 0600 files, 0700 folders, which a team sharing a
-    checkpoint or a server running as another user could not read)."""
+    """A temporary sibling of ``path``. A file gets the permissions a plain ``open`` would
+    (tempfile makes it 0600, which a team sharing the output or a server running as another
+    user could not read); a staged folder gets them from ``_plain_permissions``."""
     prefix = f".{path.name}.tmp-"
-    umask = current_umask()
     if directory:
-        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-        os.chmod(folder, 0o777 & ~umask)
-        return folder
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
     os.close(fd)
-    os.chmod(name, 0o666 & ~umask)
+    os.chmod(name, 0o666 & ~current_umask())
     return Path(name)
 
 

@@ -440,27 +440,30 @@ def _scoring_battles(pairs: PairRows, battles: Battles, score_sources: str | lis
     if score_sources == "all":
         return pairs, f"every pair battle ({len(pairs)})"
     if score_sources != "auto":
-        chosen = _from_sources(pairs, battles, list(score_sources))
-        return chosen, f"{len(chosen)} pair battles from {', '.join(score_sources)}"
-    sources = battles.column("source")
-    golden = sum(str(sources[r] or "").startswith("golden") for r in pairs.rows)
-    if golden >= MIN_GOLDEN_TO_SCORE:
-        chosen = _from_sources(pairs, battles, ["golden"])
+        keep = _source_mask(pairs, battles, list(score_sources))
+        if not keep.any():
+            raise ConfigError(f"score_sources={score_sources}: no battle between the pair has "
+                              "such a source")
+        return _take(pairs, keep), f"{int(keep.sum())} pair battles from " \
+                                   f"{', '.join(score_sources)}"
+    golden = _source_mask(pairs, battles, ["golden"])
+    n_golden = int(golden.sum())
+    if n_golden >= MIN_GOLDEN_TO_SCORE:
         logger.info("auto: scoring candidates on the %d golden pair battles (of %d)",
-                    len(chosen), len(pairs))
-        return chosen, f"{len(chosen)} golden pair battles (of {len(pairs)})"
-    return pairs, f"every pair battle ({len(pairs)}; {golden} golden, fewer than " \
+                    n_golden, len(pairs))
+        return _take(pairs, golden), f"{n_golden} golden pair battles (of {len(pairs)})"
+    return pairs, f"every pair battle ({len(pairs)}; {n_golden} golden, fewer than " \
                   f"{MIN_GOLDEN_TO_SCORE})"
 
 
-def _from_sources(pairs: PairRows, battles: Battles, prefixes: list[str]) -> PairRows:
-    """The pair battles whose source starts with one of ``prefixes``."""
+def _source_mask(pairs: PairRows, battles: Battles, prefixes: list[str]) -> np.ndarray:
+    """Which pair battles have a source starting with one of ``prefixes`` (a mask)."""
     sources = battles.column("source")
-    keep = np.array([str(sources[r] or "").startswith(tuple(prefixes)) for r in pairs.rows],
+    return np.array([str(sources[r] or "").startswith(tuple(prefixes)) for r in pairs.rows],
                     dtype=bool)
-    if not keep.any():
-        raise ConfigError(f"score_sources={prefixes}: no battle between the pair has such a "
-                          "source")
+
+
+def _take(pairs: PairRows, keep: np.ndarray) -> PairRows:
     return PairRows(rows=pairs.rows[keep], prompts=[p for p, k in zip(pairs.prompts, keep,
                                                                       strict=True) if k],
                     labels=pairs.labels[keep], weights=pairs.weights[keep])
