@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
 BEFORE_COMMIT = "45dcfc2"  # main before issue 18
+PREVIOUS_COMMIT = "8dcd375"  # main before scoring in threads
 
 
 def mmlu_pro_prompts(data_dir: Path, n: int) -> list[str]:
@@ -151,14 +152,16 @@ def library_seconds(ckpt: Path, prompts: Path, env: dict[str, str], batch: int) 
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def throughput(args, ckpts, before_tree, files, n) -> dict:
+def throughput(args, ckpts, before_tree, previous_tree, files, n) -> dict:
     env_after = {**os.environ, "PYTHONPATH": str(ROOT)}
     env_before = {**os.environ, "PYTHONPATH": str(before_tree)}
+    env_previous = {**os.environ, "PYTHONPATH": str(previous_tree)}
     cli = [sys.executable, "-m", "prefroute.cli.main", "score"]
     variants = {
         "before: CLI (batch 1,024, json, torch pooling)": (env_before, []),
+        "previous: CLI, default options (one thread)": (env_previous, ["--overwrite"]),
         "after: CLI, default options": (env_after, ["--overwrite"]),
-        "after: CLI, --workers 1": (env_after, ["--overwrite", "--workers", "1"]),
+        "after: CLI, --threads 1": (env_after, ["--overwrite", "--threads", "1"]),
     }
     results: dict = {}
     for name, ckpt in ckpts.items():
@@ -226,12 +229,14 @@ def main() -> None:
                         help="JSON report of an earlier rss run to draw beside this one")
     parser.add_argument("--scale-n", type=int, default=200_000, help="rows for workers / Ray")
     parser.add_argument("--before", default=BEFORE_COMMIT)
+    parser.add_argument("--previous", default=PREVIOUS_COMMIT)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     report: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count()}
     ckpts = ensure_checkpoints(args.out, args.data_dir)
     before_tree = unpack_before(args.out, args.before)
+    previous_tree = unpack_before(args.out, args.previous)
     prompts = mmlu_pro_prompts(args.data_dir, args.n)
     files = {1: write_jsonl(args.out / "p1.jsonl", prompts[:1]),
              args.n: write_jsonl(args.out / f"p{args.n}.jsonl", prompts)}
@@ -239,14 +244,14 @@ def main() -> None:
     cli = [sys.executable, "-m", "prefroute.cli.main", "score"]
 
     if "throughput" in parts:
-        report["throughput"] = throughput(args, ckpts, before_tree, files, args.n)
+        report["throughput"] = throughput(args, ckpts, before_tree, previous_tree, files, args.n)
     if "profile" in parts:
         out = args.out / "profile_scores.jsonl"
         common = [str(ckpts["sw_bt"]), "--prompts", str(files[args.n]), "--out", str(out)]
         out.unlink(missing_ok=True)
         report["profile_before"] = profile_top(["score", *common], before_tree, 15)
         out.unlink(missing_ok=True)
-        report["profile_after"] = profile_top(["score", *common, "--workers", "1"], ROOT, 15)
+        report["profile_after"] = profile_top(["score", *common, "--threads", "1"], ROOT, 15)
         for key in ("profile_before", "profile_after"):
             (args.out / f"{key}.txt").write_text(report[key])
             print(key, report[key][:2500], sep="\n")
@@ -256,7 +261,9 @@ def main() -> None:
         scale = args.out / f"scale_{args.scale_n}.parquet"
         pq.write_table(cycled_table(base, args.scale_n), scale, row_group_size=65_536)
         scale_runs: dict = {}
-        for label, extra in (("--workers 1", ["--workers", "1"]), ("default (2)", [])):
+        for label, extra in (("--workers 1 --threads 1", ["--workers", "1", "--threads", "1"]),
+                             ("--workers 2 (processes)", ["--workers", "2"]),
+                             ("default (2 threads)", [])):
             if "workers" not in parts:
                 continue
             for name in ("sw_bt", "mf"):

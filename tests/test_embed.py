@@ -243,6 +243,25 @@ def test_segment_tokenizer_is_exact_on_every_shared_prompt(data_dir: Path) -> No
             assert small_cache.encode_batch(batch).to_lists() == expected[start : start + size]
 
 
+def test_segment_tokenizer_is_exact_from_several_threads(data_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefroute.embed.segment_tokenizer import SegmentTokenizer
+
+    texts = EDGE_TEXTS + _all_shared_prompts(data_dir)[:12_000]
+    reference = _wordllama_tokenizer()
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    # A small cache is emptied while other threads read it; 4 threads on a cold cache insert
+    # the same new segments at once.
+    for max_segments in (200_000, 3_000):
+        shared = SegmentTokenizer(reference, max_segments=max_segments)
+        slices = [texts[i : i + 700] for i in range(0, len(texts), 700)]
+        with ThreadPoolExecutor(4) as pool:
+            batches = list(pool.map(shared.encode_batch, slices))
+        got = [row for batch in batches for row in batch.to_lists()]
+        assert got == expected
+
+
 def test_segment_tokenizer_truncates_like_the_reference(data_dir: Path) -> None:
     from prefroute.embed.segment_tokenizer import SegmentTokenizer
 

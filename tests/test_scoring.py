@@ -118,6 +118,33 @@ def test_workers_give_the_same_rows_in_the_same_order(mf_router, prompts, tmp_pa
     assert pq.read_table(one).equals(pq.read_table(two))
 
 
+def test_threads_give_the_same_rows_in_the_same_order(mf_router, prompts, tmp_path):
+    router, _ = mf_router
+    source = tmp_path / "in.jsonl"
+    _write_input(source, prompts, _ids(len(prompts)))
+    one, many = tmp_path / "one.parquet", tmp_path / "many.parquet"
+    score_file(router, source, one, id_field="request_id", batch_size=1500, threads=1,
+               progress=False)
+    summary = score_file(router, source, many, id_field="request_id", batch_size=1500,
+                         threads=3, progress=False)
+    assert (summary.workers, summary.threads) == (1, 3)
+    assert pq.read_table(one).equals(pq.read_table(many))
+
+
+def test_threads_are_refused_for_a_router_that_is_not_thread_safe(data_dir, prompts, tmp_path):
+    from prefroute.errors import ConfigError
+
+    battles = load_training_battles(["alpaca_eval"], data_dir)
+    router = Router(train_router("length", battles, strong_model=PAIR[0], weak_model=PAIR[1]))
+    source = tmp_path / "in.jsonl"
+    _write_input(source, prompts[:50], _ids(50))
+    with pytest.raises(ConfigError, match="'threads' parameter must be 1"):
+        score_file(router, source, tmp_path / "out.jsonl", threads=2, progress=False)
+    assert not (tmp_path / "out.jsonl").exists()
+    summary = score_file(router, source, tmp_path / "out.jsonl", progress=False)
+    assert summary.threads == 1
+
+
 def _run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prefroute.cli.main", "score", *args],

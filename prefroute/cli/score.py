@@ -43,6 +43,12 @@ def score(
         help="local processes (default: all cores for 50,000+ rows, or 32 MiB+ when the row "
         "count is unknown; else 1)",
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="scoring threads in one process (default: all cores for routers that allow it: "
+        "mf and sw_bt on wordllama)",
+    ),
     limit: int | None = typer.Option(None, "--limit", help="score only the first N prompts"),
     engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data)"),
     address: str | None = typer.Option(
@@ -65,9 +71,10 @@ def score(
     check_int("batch_size", "prefroute score (--batch-size)", batch_size)
     check_int("limit", "prefroute score (--limit)", limit, optional=True)
     check_int("workers", "prefroute score (--workers)", workers, optional=True)
+    check_int("threads", "prefroute score (--threads)", threads, optional=True)
     if engine == "ray":
-        if limit is not None or workers is not None:
-            typer.echo("--limit and --workers apply to --engine local only", err=True)
+        if limit is not None or workers is not None or threads is not None:
+            typer.echo("--limit, --workers and --threads apply to --engine local only", err=True)
             raise typer.Exit(2)
         from prefroute.scoring.ray_engine import score_with_ray
 
@@ -82,9 +89,12 @@ def score(
     summary = score_file(
         router, prompts, out, prompt_field=prompt_field, id_field=id_field,
         with_decision=with_decision, with_prompt=not no_prompt, batch_size=batch_size,
-        workers=workers, limit=limit, overwrite=overwrite,
+        workers=workers, threads=threads, limit=limit, overwrite=overwrite,
     )
+    how = f"{summary.workers} process{'es' if summary.workers > 1 else ''}"
+    if summary.threads > 1:
+        how += f", {summary.threads} threads"
     typer.echo(
         f"wrote {summary.rows:,} scores to {out} ({summary.strong:,} to {router.strong_model}, "
-        f"{summary.workers} process{'es' if summary.workers > 1 else ''})"
+        f"{how})"
     )

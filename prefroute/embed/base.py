@@ -33,6 +33,9 @@ class Embedder(ABC):
     needs_fit: ClassVar[bool] = False
     # Texts per ``_encode`` call when ``encode`` is not told: bounds peak memory.
     default_batch_size: ClassVar[int] = 256
+    # Whether ``encode`` may run in several threads at once and gains from it (numpy work
+    # that releases the GIL, state that is read-only or locked).
+    concurrent_encode: ClassVar[bool] = False
 
     @property
     @abstractmethod

@@ -173,16 +173,20 @@ class SegmentTokenizer:
         return len(self._token_counts)
 
     def encode_batch(self, texts: list[str]) -> TokenBatch:
-        """Token ids of ``texts`` (no special tokens), identical to the wrapped tokenizer's."""
-        parts, start, chars = [], 0, 0
-        with self._lock:
-            if len(texts) <= FEW_TEXTS and self._word_cuts_exact:
+        """Token ids of ``texts`` (no special tokens), identical to the wrapped tokenizer's.
+
+        Thread-safe; concurrent calls share the cache and overlap everything but the cache
+        lookup itself (numpy releases the GIL), so two threads use two cores.
+        """
+        if len(texts) <= FEW_TEXTS and self._word_cuts_exact:
+            with self._lock:
                 return self._encode_few(texts)
-            for end, text in enumerate(texts, 1):
-                chars += len(text) + 1
-                if chars >= MAX_CHARS_PER_PASS or end == len(texts):
-                    parts.append(self._encode_pass(texts[start:end]))
-                    start, chars = end, 0
+        parts, start, chars = [], 0, 0
+        for end, text in enumerate(texts, 1):
+            chars += len(text) + 1
+            if chars >= MAX_CHARS_PER_PASS or end == len(texts):
+                parts.append(self._encode_pass(texts[start:end]))
+                start, chars = end, 0
         if len(parts) == 1:
             return parts[0]
         counts = np.concatenate([p.counts for p in parts])
@@ -220,8 +224,6 @@ class SegmentTokenizer:
         return np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64)
 
     def _encode_pass(self, texts: list[str]) -> TokenBatch:
-        if self.cached_segments > self.max_segments:
-            self._clear()
         # Empty texts have no tokens and texts with added tokens are spliced in afterwards.
         skipped = {i for i, t in enumerate(texts) if not t}
         kept = [t for i, t in enumerate(texts) if i not in skipped] if skipped else texts
@@ -238,16 +240,18 @@ class SegmentTokenizer:
         text_starts = _exclusive_cumsum(text_chars)
         seg_starts = self._cut_points(codes, text_starts)
         seg_chars = np.diff(np.append(seg_starts, len(codes)))
-        seg_text = np.searchsorted(text_starts, seg_starts, side="right") - 1
         hashes = self._segment_hashes(codes, seg_starts, seg_chars)
 
         long_segments = seg_chars > MAX_CACHED_SEGMENT_CHARS
-        slots = self._lookup(hashes)
-        missing = (slots < 0) & ~long_segments
-        if missing.any():
-            slots[missing] = self._insert(joined, seg_starts, seg_chars, hashes, missing)
-        token_starts = self._token_starts.values
-        token_counts, tokens = self._token_counts.values, self._tokens.values
+        with self._lock:  # the cache's arrays only grow, so these views stay valid after it
+            if self.cached_segments > self.max_segments:
+                self._clear()
+            slots = self._lookup(hashes)
+            missing = (slots < 0) & ~long_segments
+            if missing.any():
+                slots[missing] = self._insert(joined, seg_starts, seg_chars, hashes, missing)
+            token_starts = self._token_starts.values
+            token_counts, tokens = self._token_counts.values, self._tokens.values
         if long_segments.any():
             where = np.flatnonzero(long_segments)
             long_tokens, lengths = self._segment_tokens(
@@ -260,8 +264,11 @@ class SegmentTokenizer:
 
         seg_token_counts = token_counts[slots]
         flat = _gather_runs(tokens, token_starts[slots], seg_token_counts)
-        kept_counts = np.bincount(seg_text, weights=seg_token_counts, minlength=len(kept))
-        kept_counts = kept_counts.astype(np.int64)
+        # every text starts a segment, so each text's segments are one run from its first
+        first_segment = np.searchsorted(seg_starts, text_starts)
+        kept_counts = (
+            np.add.reduceat(seg_token_counts, first_segment) if len(kept) else np.zeros(0, np.int64)
+        )
         counts = np.zeros(len(texts), dtype=np.int64)
         if skipped:
             kept_index = [i for i in range(len(texts)) if i not in skipped]

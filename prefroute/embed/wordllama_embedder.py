@@ -124,6 +124,7 @@ class WordLlamaEmbedder(Embedder):
     name = "wordllama"
     # Segment-cached tokenisation has a fixed cost per call that large batches amortise.
     default_batch_size = 4096
+    concurrent_encode = True  # SegmentTokenizer locks only its cache; pooling is scipy
 
     def __init__(
         self,
@@ -168,7 +169,11 @@ class WordLlamaEmbedder(Embedder):
         model = _load_model(self.config, self._dim, self.max_tokens)
         table = getattr(model, "_prefroute_table", None)
         if table is None:  # a truncated (Matryoshka) table is a strided view: copy it once
-            table = model._prefroute_table = np.ascontiguousarray(model.embedding, np.float32)
+            with _LOCK:
+                table = getattr(model, "_prefroute_table", None)
+                if table is None:
+                    table = np.ascontiguousarray(model.embedding, np.float32)
+                    model._prefroute_table = table
         tokens = _tokenize(model, texts, self.max_tokens, self.segment_cache)
         return mean_of_token_vectors(table, tokens)
 
@@ -180,8 +185,11 @@ def _tokenize(
 ) -> TokenBatch:
     """Token ids exactly as WordLlama's tokenizer gives them, without its padding."""
     state = getattr(model, "_prefroute_tokenizers", None)
-    if state is None:
-        state = model._prefroute_tokenizers = _build_tokenizers(model, max_tokens)
+    if state is None:  # built once even when several threads encode at once
+        with _LOCK:
+            state = getattr(model, "_prefroute_tokenizers", None)
+            if state is None:
+                state = model._prefroute_tokenizers = _build_tokenizers(model, max_tokens)
     reference, segmented = state
     if segment_cache and segmented is not None:
         return segmented.encode_batch(texts)

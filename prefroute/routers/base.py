@@ -86,6 +86,10 @@ class WinPredictor(ABC):
     """
 
     router_type: ClassVar[str]
+    # Whether a fitted predictor may score from several threads at once (read-only state and
+    # GIL-releasing numpy work), which lets one process use every core. Its embedder must
+    # allow it too (see ``scores_concurrently``).
+    concurrent_predict: ClassVar[bool] = False
 
     def __init__(self, *, strong_model: str, weak_model: str) -> None:
         self.strong_model = strong_model
@@ -153,6 +157,11 @@ class WinPredictor(ABC):
         probs = np.array(parts[0] if len(parts) == 1 else np.concatenate(parts), np.float64)
         # np.clip's dispatch costs ~10 us, a fifth of a one-prompt mf call
         return np.minimum(np.maximum(probs, 0.0, out=probs), 1.0, out=probs)
+
+    def scores_concurrently(self) -> bool:
+        """Whether ``predict_proba`` may run in several threads at once."""
+        embedder = getattr(self, "embedder_", None)
+        return self.concurrent_predict and getattr(embedder, "concurrent_encode", True)
 
     @abstractmethod
     def _fit(self, battles: Battles) -> None: ...

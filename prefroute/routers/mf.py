@@ -103,6 +103,8 @@ class MFRouter(WinPredictor):
     progress: show a tqdm bar over epochs.
     """
 
+    concurrent_predict = True
+
     router_type = "mf"
 
     def __init__(

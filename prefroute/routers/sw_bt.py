@@ -268,6 +268,8 @@ class SWBTRouter(WinPredictor):
     index_ (the FAISS index for top_k, None for exact search).
     """
 
+    concurrent_predict = True
+
     router_type = "sw_bt"
 
     def __init__(
