@@ -6,9 +6,11 @@ set, the other folds the pool. From the pool, N prompts (50 ... 1,600, at most t
 get their golden label, picked either uniformly at random or by ``select_prompts``
 (cluster coverage of the embedding + surface-feature space; no router, so no uncertainty
 term), or by ``select_prompts`` with a router retrained on the labels so far (active
-learning rounds at the sizes below; cluster coverage mixed with uncertainty). A logistic
-router (``routers.logistic``: wordllama + surface features) trains on those N labels only
-and is scored on the test fold (APGR, RouteLLM's deciles). 5 seeds.
+learning rounds at the sizes below; cluster coverage mixed with uncertainty), or by
+``select_prompts(method="disagreement")`` (rounds again: a model of the labels so far
+predicts where the two models disagree, and picks are drawn in proportion to its square).
+A logistic router (``routers.logistic``: wordllama + surface features) trains on those N
+labels only and is scored on the test fold (APGR, RouteLLM's deciles). 10 seeds.
 
     nice -n 10 python benchmarks/bench_label_efficiency.py
 
@@ -42,7 +44,7 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
     from prefroute.evaluate.metrics import router_metrics
     from prefroute.evaluate.protocols import crossfit_folds
     from prefroute.routers.logistic import fit_soft_logistic
-    from prefroute.selection import select_prompts
+    from prefroute.selection import disagreement_probability, select_prompts
 
     strong, weak = PAIRS[bench]
     table = load_outcomes(bench, data_dir)
@@ -84,8 +86,25 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
             curve.append(apgr_of(chosen))
         return curve
 
+    disagreed = (labels != 0.5).astype(np.float64)  # one model right, the other wrong
+
+    def rounds_by_disagreement(seed: int) -> list[float]:
+        """``augment select --labelled`` each round: the first size at random, then draws
+        weighted by the predicted chance that the models disagree, refitted every round."""
+        chosen = np.random.default_rng(seed).choice(len(pool), sizes[0], replace=False)
+        curve = [apgr_of(chosen)]
+        for n in sizes[1:]:
+            free = np.setdiff1d(np.arange(len(pool)), chosen)
+            d = disagreement_probability(x_pool[free], x_pool[chosen], disagreed[chosen])
+            picks = select_prompts([pool[i] for i in free], n - len(chosen), seed=seed,
+                                   method="disagreement", vectors=x_pool[free], disagreement=d)
+            chosen = np.concatenate([chosen, free[picks.indices]])
+            curve.append(apgr_of(chosen))
+        return curve
+
     sizes = [n for n in SIZES if n <= len(pool)]
-    curves: dict[str, list[list[float]]] = {"random": [], "select": [], "select_router": []}
+    curves: dict[str, list[list[float]]] = {"random": [], "select": [], "select_router": [],
+                                            "select_disagreement": []}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         curves["random"].append([apgr_of(rng.choice(len(pool), n, replace=False))
@@ -94,19 +113,33 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
                                                         vectors=x_pool).indices)
                                  for n in sizes])
         curves["select_router"].append(rounds_with_router(seed))
+        curves["select_disagreement"].append(rounds_by_disagreement(seed))
         print(f"[{bench}] seed {seed}: " + "; ".join(
             f"{k} {np.round(v[-1], 3).tolist()}" for k, v in curves.items()), flush=True)
     full = apgr_of(np.arange(len(pool)))
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     target = mean["random"][-1]
+    selectors = ("select", "select_router", "select_disagreement")
     reached = {k: next((n for n, m in zip(sizes, mean[k], strict=True) if m >= target), None)
-               for k in ("select", "select_router")}
+               for k in selectors}
+    # the goal: each selector at half the largest size against random at the largest size
+    # (different draws, so a Welch interval of the difference of means)
+    half = sizes.index(sizes[-1] // 2) if sizes[-1] // 2 in sizes else None
+    goal = {}
+    for k in selectors:
+        if half is None:
+            break
+        a, b = np.array(curves[k])[:, half], np.array(curves["random"])[:, -1]
+        diff = a.mean() - b.mean()
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        goal[k] = {"labels": sizes[half], "random_labels": sizes[-1], "difference": diff,
+                   "ci95": [diff - 1.96 * se, diff + 1.96 * se]}
     return {"benchmark": bench, "pair": [strong, weak], "pool": len(pool),
             "test": len(test_rows), "sizes": sizes, "curves": curves,
             "mean": {k: v.tolist() for k, v in mean.items()},
             "sd": {k: np.std(v, axis=0, ddof=1).tolist() for k, v in curves.items()},
             "all_pool_labels_apgr": full,
-            "first_size_reaching_random_at_max": reached}
+            "first_size_reaching_random_at_max": reached, "half_labels_vs_random": goal}
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -115,28 +148,34 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.4), squeeze=False)
-    colours = {"random": "tab:grey", "select": "tab:blue", "select_router": "tab:orange"}
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 5.2), squeeze=False)
+    colours = {"random": "tab:grey", "select": "tab:blue", "select_router": "tab:orange",
+               "select_disagreement": "tab:red"}
     labels = {"random": "random prompts", "select": "augment select (cluster coverage)",
-              "select_router": "augment select --router, retrained each round"}
+              "select_router": "augment select --router, retrained each round",
+              "select_disagreement": "augment select --labelled (where models disagree), "
+                                     "each round"}
     for ax, (bench, r) in zip(axes[0], results.items(), strict=True):
         sizes = np.array(r["sizes"])
         for key in [k for k in colours if k in r["mean"]]:
             m, sd = np.array(r["mean"][key]), np.array(r["sd"][key])
+            half = 1.96 * sd / np.sqrt(len(r["curves"][key]))  # 95% CI of the mean
             ax.plot(sizes, m, marker="o", color=colours[key],
                     label=f"{labels[key]}, mean of {len(r['curves'][key])} seeds")
-            ax.fill_between(sizes, m - sd, m + sd, color=colours[key], alpha=0.2)
+            ax.fill_between(sizes, m - half, m + half, color=colours[key], alpha=0.15)
         ax.axhline(r["all_pool_labels_apgr"], color="tab:green", linestyle=":",
-                   label=f"all {r['pool']} pool labels")
+                   label="trained on every pool label")
         ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="random router (0.5)")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.set_xlabel("labelled prompts (golden labels)")
         ax.set_ylabel(f"APGR on {r['test']} held-out prompts")
-        ax.set_title(f"{bench}: logistic router, band = ±1 sd")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+        ax.set_title(f"{bench}: logistic router trained on the picks")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8,
+               title="which prompts get labelled (shaded: 95% CI of the mean over seeds)")
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -147,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--benchmarks", default="mmlu,gsm8k,mmlu_pro")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "out" / "label_efficiency.json")
     parser.add_argument("--figure", type=Path,
@@ -176,6 +215,9 @@ def main() -> None:
                                            for k in keys) + " |")
         print(f"all pool labels: {r['all_pool_labels_apgr']:.3f}; first size reaching random's "
               f"APGR at {r['sizes'][-1]}: {r['first_size_reaching_random_at_max']}")
+        for k, g in r["half_labels_vs_random"].items():
+            print(f"{k} at {g['labels']} - random at {g['random_labels']}: "
+                  f"{g['difference']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@
     Greedy k-center (farthest-first) on cosine distance, each distance scaled by
     ``1 - w + w * uncertainty``.
 
+``method="disagreement"``
+    Prompts on which the two models are likely to *disagree*: a logistic model, fitted on
+    the prompts labelled so far, predicts P(one model right, the other wrong | prompt), and
+    prompts are drawn without replacement with probability proportional to its square. A
+    label where both models agree (a tie) says nothing about which to route to, and on
+    MMLU 77% of labels are ties; this spends labels on the rest
+    (``benchmarks/RESULTS.md``, issue 15: on MMLU 800 such labels beat 1,600 random ones).
+    Needs ``disagreement`` (see ``disagreement_probability``).
+
 Uncertainty is ``1 - |2 P(strong) - 1|`` (1 at the decision boundary); with several
 members (auto) their spread adds disagreement. Deterministic for a seed.
 """
@@ -26,8 +35,10 @@ import numpy as np
 from prefroute.embed.base import Embedder
 from prefroute.errors import ConfigError, check_choice, check_int, check_range
 
-METHODS = ("kmeans", "kcenter")
+METHODS = ("kmeans", "kcenter", "disagreement")
 PCA_DIMS = 32
+# L2 strength (inverse) of the disagreement model: it is fitted on as few as 50 labels.
+DISAGREEMENT_C = 0.3
 
 
 @dataclass(frozen=True)
@@ -52,24 +63,53 @@ def uncertainty_of(strong_win_prob: np.ndarray | None,
     return u
 
 
-def pool_vectors(prompts: Sequence[str], embedder: str | dict | Embedder = "wordllama"
-                 ) -> np.ndarray:
-    """wordllama embedding + surface features of the pool (the space coverage is judged in)."""
+def disagreement_probability(pool: np.ndarray, labelled: np.ndarray,
+                             disagreed: np.ndarray) -> np.ndarray:
+    """P(the two models disagree | prompt) for each ``pool`` row, from a logistic model of
+    the ``labelled`` rows' outcomes (``disagreed``: 1 when one model won, 0 for a tie, or a
+    share when a prompt has several labels). Vectors as from ``pool_vectors``. Without
+    both outcomes among the labels, every prompt gets their mean rate."""
+    from scipy.special import expit
+
+    from prefroute.routers.logistic import fit_soft_logistic
+
+    y = np.asarray(disagreed, dtype=np.float64)
+    if len(y) != len(labelled):
+        raise ConfigError(f"{len(y)} disagreement labels for {len(labelled)} labelled prompts")
+    if len(y) == 0:
+        raise ConfigError("the disagreement method needs labelled prompts (--labelled)")
+    if y.min() == y.max():
+        return np.full(len(pool), float(y.mean()))
+    coef, intercept = fit_soft_logistic(np.asarray(labelled, np.float64), y, np.ones(len(y)),
+                                        c=DISAGREEMENT_C)
+    return expit(np.asarray(pool, np.float64) @ coef + intercept)
+
+
+def pool_embedder(prompts: Sequence[str], embedder: str | dict | Embedder = "wordllama"
+                  ) -> Embedder:
+    """wordllama embedding + surface features standardised on the pool (the space coverage
+    is judged in), fitted and ready to encode the pool or labelled prompts."""
     from prefroute.embed.features import FeatureAugmentedEmbedder
 
-    features = FeatureAugmentedEmbedder(inner=embedder, feature_weight=0.5)
-    features.fit(list(prompts))
-    return features.encode(list(prompts))
+    return FeatureAugmentedEmbedder(inner=embedder, feature_weight=0.5).fit(list(prompts))
+
+
+def pool_vectors(prompts: Sequence[str], embedder: str | dict | Embedder = "wordllama"
+                 ) -> np.ndarray:
+    """The pool's vectors in ``pool_embedder``'s space."""
+    return pool_embedder(prompts, embedder).encode(list(prompts))
 
 
 def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
                    method: str = "kmeans", vectors: np.ndarray | None = None,
                    strong_win_prob: np.ndarray | None = None,
                    member_probs: np.ndarray | None = None, uncertainty_weight: float = 0.5,
+                   disagreement: np.ndarray | None = None,
                    embedder: str | dict | Embedder = "wordllama") -> Selection:
     """Pick ``budget`` distinct prompts of ``prompts`` to label (see the module docstring).
 
     Identical prompts count once. ``vectors`` skips embedding (one row per prompt).
+    ``disagreement`` (one per prompt, for ``method="disagreement"``): P(the models disagree).
     """
     check_int("budget", "select_prompts", budget)
     check_int("seed", "select_prompts", seed, low=0)
@@ -90,13 +130,25 @@ def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
     x = np.asarray(vectors, dtype=np.float32)[distinct]
     u_all = uncertainty_of(strong_win_prob, member_probs)
     u = None if u_all is None else np.asarray(u_all, dtype=np.float64)[distinct]
-    if method == "kmeans":
+    if method == "disagreement":
+        if disagreement is None or len(disagreement) != len(prompts):
+            raise ConfigError("method 'disagreement' needs one disagreement probability per "
+                              "prompt (from labelled prompts: --labelled)")
+        picks = _weighted_draw(np.asarray(disagreement, np.float64)[distinct] ** 2, budget, seed)
+    elif method == "kmeans":
         picks = _cluster_cover(x, budget, seed, u, uncertainty_weight)
     else:
         picks = _k_center(x, budget, seed, u, uncertainty_weight)
     chosen = distinct[picks]
     unc = np.full(len(chosen), np.nan) if u is None else u[picks]
     return Selection(indices=chosen, uncertainty=unc, method=method)
+
+
+def _weighted_draw(weights: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """``budget`` distinct indices drawn with probability proportional to ``weights``
+    (uniform where every weight is 0)."""
+    w = np.clip(np.nan_to_num(weights, nan=0.0), 0.0, None) + 1e-12
+    return np.random.default_rng(seed).choice(len(w), budget, replace=False, p=w / w.sum())
 
 
 def _cluster_cover(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,

@@ -69,3 +69,69 @@ def test_cli_select_feeds_augment_golden(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     battles = [json.loads(line) for line in golden.read_text().splitlines()]
     assert {b["prompt"] for b in battles} == {r["prompt"] for r in rows}
+
+
+def _disagreed(table, rows) -> np.ndarray:
+    strong = table.column("gpt-4-1106-preview")[rows]
+    weak = table.column("mistralai/Mixtral-8x7B-Instruct-v0.1")[rows]
+    return (strong != weak).astype(float)
+
+
+def test_disagreement_picks_prompts_where_the_models_disagree(data_dir):
+    from prefroute.selection import disagreement_probability
+
+    table = load_outcomes("mmlu", data_dir)
+    rows = np.random.default_rng(0).permutation(len(table.prompts))[:4000]
+    prompts = [table.prompts[i] for i in rows]
+    vectors = pool_vectors(prompts)
+    truth = _disagreed(table, rows)
+    labelled, pool = np.arange(800), np.arange(800, 4000)
+    d = disagreement_probability(vectors[pool], vectors[labelled], truth[labelled])
+    assert d.shape == (len(pool),) and ((d > 0) & (d < 1)).all()
+    pool_prompts = [prompts[i] for i in pool]
+    picks = select_prompts(pool_prompts, 400, seed=0, method="disagreement",
+                           vectors=vectors[pool], disagreement=d)
+    again = select_prompts(pool_prompts, 400, seed=0, method="disagreement",
+                           vectors=vectors[pool], disagreement=d)
+    np.testing.assert_array_equal(picks.indices, again.indices)
+    assert len(set(picks.indices.tolist())) == 400
+    # the model ranks held-out disagreements above agreements, the draw favours its high
+    # predictions, and prompts weighted as drawn hold clearly more real disagreements
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(truth[pool], d) > 0.58
+    assert d[picks.indices].mean() > d.mean() + 0.03
+    weights = d**2
+    assert weights @ truth[pool] / weights.sum() > truth[pool].mean() + 0.03
+    # labels that never disagree leave nothing to learn: every prompt gets the same chance
+    flat = disagreement_probability(vectors[pool], vectors[labelled], np.zeros(800))
+    assert (flat == 0).all()
+    with pytest.raises(ConfigError, match="disagreement probability"):
+        select_prompts(pool_prompts, 10, method="disagreement", vectors=vectors[pool])
+
+
+def test_cli_select_with_labels_leaves_them_out_and_seeks_disagreement(tmp_path, data_dir):
+    runner = CliRunner()
+    common = ["--table", "gsm8k", "--data-dir", str(data_dir)]
+    first, ids = tmp_path / "first.jsonl", tmp_path / "ids.txt"
+    result = runner.invoke(app, ["augment", "select", *common, "--budget", "150", "--out",
+                                 str(first), "--ids-out", str(ids)])
+    assert result.exit_code == 0, result.output
+    golden = tmp_path / "golden.jsonl"
+    result = runner.invoke(app, ["augment", "golden", *common, "--strong",
+                                 "gpt-4-1106-preview", "--weak",
+                                 "mistralai/Mixtral-8x7B-Instruct-v0.1", "--ids-file", str(ids),
+                                 "--out", str(golden)])
+    assert result.exit_code == 0, result.output
+    second = tmp_path / "second.jsonl"
+    result = runner.invoke(app, ["augment", "select", *common, "--budget", "100", "--labelled",
+                                 str(golden), "--out", str(second)])
+    assert result.exit_code == 0, result.output
+    assert "disagreement" in result.output and "left out 150 pool prompts" in result.output
+    picked = [json.loads(line)["prompt"] for line in second.read_text().splitlines()]
+    labelled = {json.loads(line)["prompt"] for line in golden.read_text().splitlines()}
+    assert len(set(picked)) == 100 and not set(picked) & labelled
+    # without labels the method has nothing to learn from: one clear error
+    result = runner.invoke(app, ["augment", "select", *common, "--budget", "10", "--method",
+                                 "disagreement", "--out", str(tmp_path / "x.jsonl")])
+    assert result.exit_code != 0 and "--labelled" in str(result.output) + str(result.exception)

@@ -27,19 +27,26 @@ def select(
     router: Path | None = typer.Option(
         None, "--router", help="router checkpoint: prefer prompts near its decision boundary "
         "(and where auto's members disagree)"),
-    method: str = typer.Option("kmeans", "--method", help="kmeans (cluster coverage) or "
-                               "kcenter (farthest first)"),
+    labelled: Path | None = typer.Option(
+        None, "--labelled", help="battles labelled so far (JSONL/CSV/Parquet, e.g. from "
+        "`augment golden`): they leave the pool, and the default method becomes "
+        "disagreement"),
+    method: str | None = typer.Option(
+        None, "--method", help="kmeans (cluster coverage; the default without --labelled), "
+        "kcenter (farthest first), or disagreement (where the two models are predicted to "
+        "disagree; needs --labelled; the default with it)"),
     uncertainty_weight: float = typer.Option(0.5, "--uncertainty-weight",
                                              help="0: coverage only, 1: uncertainty only"),
     seed: int = typer.Option(0, "--seed"),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="folder in the shared/data layout (--table)"),
 ) -> None:
-    """Pick --budget prompts to label: diverse, and uncertain for --router if given.
+    """Pick --budget prompts to label: diverse, and uncertain for --router if given; with
+    --labelled, where the two models are likely to disagree (ties teach a router nothing).
 
     Example: prefroute augment select --table mmlu_pro --budget 200 --router runs/auto
     --out picks.jsonl --ids-out picks.txt; then prefroute augment golden --table mmlu_pro
-    --ids-file picks.txt ...
+    --ids-file picks.txt ...; next round: add --labelled with the battles labelled so far.
     """
     import numpy as np
 
@@ -59,6 +66,13 @@ def select(
 
         outcomes = load_outcomes(table, resolve_data_dir(data_dir))
         ids, prompts = list(outcomes.ids), list(outcomes.prompts)
+    method = method or ("disagreement" if labelled is not None else "kmeans")
+    vectors = disagreement = None
+    if labelled is not None:
+        ids, prompts, vectors, disagreement = _with_labels(ids, prompts, labelled)
+    elif method == "disagreement":
+        raise ConfigError("--method disagreement needs --labelled (the battles labelled so "
+                          "far)")
     probs = members = None
     if router is not None:
         from prefroute.router import load_router
@@ -68,8 +82,9 @@ def select(
         member_proba = getattr(loaded.predictor, "member_proba", None)
         if member_proba is not None and len(loaded.predictor.members_) > 1:
             members = np.column_stack(list(member_proba(prompts).values()))
-    picked = select_prompts(prompts, budget, seed=seed, method=method, strong_win_prob=probs,
-                            member_probs=members, uncertainty_weight=uncertainty_weight)
+    picked = select_prompts(prompts, budget, seed=seed, method=method, vectors=vectors,
+                            strong_win_prob=probs, member_probs=members,
+                            uncertainty_weight=uncertainty_weight, disagreement=disagreement)
     lines = []
     for rank, (i, u) in enumerate(zip(picked.indices, picked.uncertainty, strict=True)):
         lines.append(json.dumps({"prompt_id": ids[i], "prompt": prompts[i], "rank": rank,
@@ -79,3 +94,30 @@ def select(
         atomic_write_text(ids_out, "\n".join(ids[i] for i in picked.indices) + "\n")
     typer.echo(f"picked {len(picked.indices)} of {len(prompts)} prompts ({method}"
                f"{', router uncertainty' if probs is not None else ''}) -> {out}")
+
+
+def _with_labels(ids: list[str], prompts: list[str], labelled: Path) -> tuple:
+    """The pool without prompts labelled already, its vectors, and each prompt's predicted
+    P(the models disagree), from a model of the labelled battles' outcomes."""
+    import numpy as np
+
+    from prefroute.data.battles import Battles
+    from prefroute.selection import disagreement_probability, pool_embedder
+
+    battles = Battles.read(labelled)
+    winners = np.array(battles.column("winner"), dtype=object)
+    decided = np.isin(winners, ["model_a", "model_b"]).astype(np.float64)
+    by_prompt: dict[str, list[float]] = {}
+    for prompt, d in zip(battles.column("prompt"), decided, strict=True):
+        by_prompt.setdefault(prompt, []).append(float(d))
+    keep = [i for i, p in enumerate(prompts) if p not in by_prompt]
+    dropped = len(prompts) - len(keep)
+    if dropped:
+        typer.echo(f"left out {dropped} pool prompts labelled already in {labelled}", err=True)
+    ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
+    embedder = pool_embedder(prompts)
+    labelled_prompts = list(by_prompt)
+    share = np.array([np.mean(v) for v in by_prompt.values()])
+    vectors = embedder.encode(prompts)
+    disagreement = disagreement_probability(vectors, embedder.encode(labelled_prompts), share)
+    return ids, prompts, vectors, disagreement
