@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIR = ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
 BEFORE_COMMIT = "45dcfc2"  # main before issue 18
 PREVIOUS_COMMIT = "8dcd375"  # main before scoring in threads
+PYCACHE = Path("/tmp/prefroute-bench-pycache")
 
 
 def mmlu_pro_prompts(data_dir: Path, n: int) -> list[str]:
@@ -97,6 +98,29 @@ def unpack_before(out: Path, commit: str) -> Path:
     return tree
 
 
+def process_env(package_root: Path) -> dict[str, str]:
+    """The environment of a timed command: ``package_root`` importable, and bytecode cached
+    (under the --out folder) as in an installed package. Without it every process compiles
+    the sources again and start-up varies by ±0.5 s, more than 20,000 prompts take."""
+    env = {**os.environ, "PYTHONPATH": str(package_root)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    return env
+
+
+def rate_interval(runs: list, n: int, draws: int = 2000) -> list[float]:
+    """95% bootstrap interval of (n - 1) / (median wall(n) - median wall(1)) over repeats."""
+    rng = np.random.default_rng(0)
+    one = np.array([r[0][0] for r in runs])
+    full = np.array([r[1][0] for r in runs])
+    rates = []
+    for _ in range(draws):
+        i = rng.integers(len(runs), size=len(runs))
+        gap = np.median(full[i]) - np.median(one[i])
+        rates.append((n - 1) / gap if gap > 0 else np.inf)
+    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
+
+
 def run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall s, CPU s of the process and every child it waited for)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -144,6 +168,41 @@ print(time.perf_counter() - start)
 """
 
 
+PIPELINE_SCRIPT = """
+import sys, time
+from prefroute.router import load_router
+from prefroute.scoring import score_file
+router = load_router(sys.argv[1])
+threads = None if sys.argv[4] == "default" else int(sys.argv[4])
+start = time.perf_counter()
+score_file(router, sys.argv[2], sys.argv[3], threads=threads, overwrite=True, progress=False)
+print(time.perf_counter() - start)
+"""
+
+
+def pipeline(args, ckpts, files, n) -> dict:
+    """What the CLI does after loading the checkpoint (``score_file`` with the CLI's defaults:
+    read, warm-up, score, write), timed inside a fresh process: the 20,000-minus-1 protocol
+    without the ±0.5 s of start-up noise it subtracts."""
+    env = process_env(ROOT)
+    results: dict = {}
+    for name in ("sw_bt", "mf"):
+        runs: dict[str, list[float]] = {"default": [], "1": []}
+        for _ in range(args.repeats):
+            for threads in runs:
+                done = subprocess.run(
+                    [sys.executable, "-c", PIPELINE_SCRIPT, str(ckpts[name]), str(files[n]),
+                     str(args.out / "pipeline_scores.jsonl"), threads],
+                    env=env, capture_output=True, text=True, check=True)
+                runs[threads].append(float(done.stdout.strip().splitlines()[-1]))
+        results[name] = {
+            f"threads={k}": {"median_s": statistics.median(v), "rate": n / statistics.median(v),
+                             "rate_range": [n / max(v), n / min(v)], "runs": v}
+            for k, v in runs.items()}
+        print(name, {k: round(r["rate"]) for k, r in results[name].items()})
+    return results
+
+
 def library_seconds(ckpt: Path, prompts: Path, env: dict[str, str], batch: int) -> float:
     done = subprocess.run(
         [sys.executable, "-c", LIBRARY_SCRIPT, str(ckpt), str(prompts), str(batch)],
@@ -153,9 +212,9 @@ def library_seconds(ckpt: Path, prompts: Path, env: dict[str, str], batch: int) 
 
 
 def throughput(args, ckpts, before_tree, previous_tree, files, n) -> dict:
-    env_after = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env_before = {**os.environ, "PYTHONPATH": str(before_tree)}
-    env_previous = {**os.environ, "PYTHONPATH": str(previous_tree)}
+    env_after = process_env(ROOT)
+    env_before = process_env(before_tree)
+    env_previous = process_env(previous_tree)
     cli = [sys.executable, "-m", "prefroute.cli.main", "score"]
     variants = {
         "before: CLI (batch 1,024, json, torch pooling)": (env_before, []),
@@ -167,6 +226,12 @@ def throughput(args, ckpts, before_tree, previous_tree, files, n) -> dict:
     for name, ckpt in ckpts.items():
         samples: dict[str, list] = {v: [] for v in variants}
         samples["library in-process, 1 process (4,096 per call)"] = []
+        for env, extra in variants.values():  # untimed: writes each tree's bytecode cache
+            out = args.out / "scores.jsonl"
+            out.unlink(missing_ok=True)
+            run_timed([*cli, str(ckpt), "--prompts", str(files[1]), "--out", str(out), *extra],
+                      env)
+            out.unlink(missing_ok=True)
         for _ in range(args.repeats):  # interleaved, so load changes hit every method alike
             for variant, (env, extra) in variants.items():
                 out = args.out / "scores.jsonl"
@@ -193,10 +258,12 @@ def throughput(args, ckpts, before_tree, previous_tree, files, n) -> dict:
             full_cpu = statistics.median(r[1][1] for r in runs)
             results[name][variant] = {
                 "rate_wall": (n - 1) / (full_wall - one_wall),
+                "rate_wall_ci95": rate_interval(runs, n),
                 "rate_cpu": (n - 1) / max(full_cpu - one_cpu, 1e-9),
                 "median_wall_1": one_wall, "median_wall_n": full_wall, "runs": runs,
             }
-        print(name, json.dumps({v: round(r["rate_wall"]) for v, r in results[name].items()}))
+        print(name, json.dumps({v: [round(r["rate_wall"]), r.get("rate_wall_ci95")]
+                                for v, r in results[name].items()}))
     return results
 
 
@@ -240,11 +307,13 @@ def main() -> None:
     prompts = mmlu_pro_prompts(args.data_dir, args.n)
     files = {1: write_jsonl(args.out / "p1.jsonl", prompts[:1]),
              args.n: write_jsonl(args.out / f"p{args.n}.jsonl", prompts)}
-    env_after = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env_after = process_env(ROOT)
     cli = [sys.executable, "-m", "prefroute.cli.main", "score"]
 
     if "throughput" in parts:
         report["throughput"] = throughput(args, ckpts, before_tree, previous_tree, files, args.n)
+    if "pipeline" in parts:
+        report["pipeline"] = pipeline(args, ckpts, files, args.n)
     if "profile" in parts:
         out = args.out / "profile_scores.jsonl"
         common = [str(ckpts["sw_bt"]), "--prompts", str(files[args.n]), "--out", str(out)]
@@ -309,7 +378,7 @@ def main() -> None:
             write_jsonl(source, table.column("prompt").to_pylist())
             out = args.out / "rss_scores.jsonl"
             out.unlink(missing_ok=True)
-            env_before = {**os.environ, "PYTHONPATH": str(before_tree)}
+            env_before = process_env(before_tree)
             mb, wall = peak_rss([*cli, str(ckpts[args.rss_router]), "--prompts", str(source),
                                  "--out", str(out)], env_before)
             rss["before"][size] = {"peak_mb": mb, "wall": wall,
