@@ -36,14 +36,18 @@ PAIRS = {"mmlu": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
          "mmlu_pro": ("gpt-4o-2024-05-13", "Mixtral-8x7B-Instruct-v0.1")}
 
 
-def run(bench: str, data_dir: Path, seeds: int) -> dict:
+METHODS = ("random", "select", "select_router", "select_disagreement")
+
+
+def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
+        methods: tuple[str, ...] = METHODS) -> dict:
     from scipy.special import expit
 
     from prefroute.data.outcomes import load_outcomes
     from prefroute.embed.features import FeatureAugmentedEmbedder
     from prefroute.evaluate.metrics import router_metrics
     from prefroute.evaluate.protocols import crossfit_folds
-    from prefroute.routers.logistic import fit_soft_logistic
+    from prefroute.routers.logistic import DECISIVE_C, decisive_parts, fit_soft_logistic
     from prefroute.selection import disagreement_probability, select_prompts
 
     strong, weak = PAIRS[bench]
@@ -65,8 +69,21 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
     s_test, w_test = table.column(strong)[test_rows], table.column(weak)[test_rows]
 
     def apgr_of(idx: np.ndarray) -> float:
-        coef, intercept = fit_soft_logistic(x_pool[idx], labels[idx], np.ones(len(idx)), c=1.0)
-        probs = expit(x_test @ coef + intercept)
+        """The learner (LogisticRouter's, plain or two_part) on the labels of ``idx``."""
+        if learner == "soft":
+            coef, intercept = fit_soft_logistic(x_pool[idx], labels[idx], np.ones(len(idx)),
+                                                c=1.0)
+            probs = expit(x_test @ coef + intercept)
+        else:
+            decisive, won = decisive_parts(labels[idx])
+            tie_coef, tie_b = fit_soft_logistic(x_pool[idx], decisive, np.ones(len(idx)),
+                                                c=DECISIVE_C)
+            rows = decisive > 0
+            coef, intercept = (fit_soft_logistic(x_pool[idx][rows], won[rows],
+                                                 decisive[rows], c=1.0)
+                               if rows.any() else (np.zeros(x_pool.shape[1]), 0.0))
+            probs = 0.5 + expit(x_test @ tie_coef + tie_b) * (expit(x_test @ coef + intercept)
+                                                                - 0.5)
         return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
 
     def rounds_with_router(seed: int) -> list[float]:
@@ -103,23 +120,26 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
         return curve
 
     sizes = [n for n in SIZES if n <= len(pool)]
-    curves: dict[str, list[list[float]]] = {"random": [], "select": [], "select_router": [],
-                                            "select_disagreement": []}
+    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        curves["random"].append([apgr_of(rng.choice(len(pool), n, replace=False))
-                                 for n in sizes])
-        curves["select"].append([apgr_of(select_prompts(pool, n, seed=seed,
-                                                        vectors=x_pool).indices)
-                                 for n in sizes])
-        curves["select_router"].append(rounds_with_router(seed))
-        curves["select_disagreement"].append(rounds_by_disagreement(seed))
+        if "random" in curves:
+            curves["random"].append([apgr_of(rng.choice(len(pool), n, replace=False))
+                                     for n in sizes])
+        if "select" in curves:
+            curves["select"].append([apgr_of(select_prompts(pool, n, seed=seed,
+                                                            vectors=x_pool).indices)
+                                     for n in sizes])
+        if "select_router" in curves:
+            curves["select_router"].append(rounds_with_router(seed))
+        if "select_disagreement" in curves:
+            curves["select_disagreement"].append(rounds_by_disagreement(seed))
         print(f"[{bench}] seed {seed}: " + "; ".join(
             f"{k} {np.round(v[-1], 3).tolist()}" for k, v in curves.items()), flush=True)
     full = apgr_of(np.arange(len(pool)))
     mean = {k: np.mean(v, axis=0) for k, v in curves.items()}
     target = mean["random"][-1]
-    selectors = ("select", "select_router", "select_disagreement")
+    selectors = [m for m in methods if m != "random"]
     reached = {k: next((n for n, m in zip(sizes, mean[k], strict=True) if m >= target), None)
                for k in selectors}
     # the goal: each selector at half the largest size against random at the largest size
@@ -134,7 +154,7 @@ def run(bench: str, data_dir: Path, seeds: int) -> dict:
         se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
         goal[k] = {"labels": sizes[half], "random_labels": sizes[-1], "difference": diff,
                    "ci95": [diff - 1.96 * se, diff + 1.96 * se]}
-    return {"benchmark": bench, "pair": [strong, weak], "pool": len(pool),
+    return {"benchmark": bench, "learner": learner, "pair": [strong, weak], "pool": len(pool),
             "test": len(test_rows), "sizes": sizes, "curves": curves,
             "mean": {k: v.tolist() for k, v in mean.items()},
             "sd": {k: np.std(v, axis=0, ddof=1).tolist() for k, v in curves.items()},
@@ -171,7 +191,8 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.set_xlabel("labelled prompts (golden labels)")
         ax.set_ylabel(f"APGR on {r['test']} held-out prompts")
-        ax.set_title(f"{bench}: logistic router trained on the picks")
+        learner = "two-part logistic" if r.get("learner") == "two_part" else "logistic"
+        ax.set_title(f"{bench}: {learner} router trained on the picks")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8,
                title="which prompts get labelled (shaded: 95% CI of the mean over seeds)")
@@ -187,6 +208,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--benchmarks", default="mmlu,gsm8k,mmlu_pro")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--learner", choices=("soft", "two_part"), default="soft",
+                        help="LogisticRouter as trained by default, or with two_part=True")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "out" / "label_efficiency.json")
     parser.add_argument("--figure", type=Path,
@@ -199,7 +223,9 @@ def main() -> None:
     from prefroute.io import atomic_write_text
 
     started = time.perf_counter()
-    results = {b: run(b, args.data_dir, args.seeds) for b in args.benchmarks.split(",")}
+    methods = tuple(args.methods.split(","))
+    results = {b: run(b, args.data_dir, args.seeds, args.learner, methods)
+               for b in args.benchmarks.split(",")}
     out = {"seconds": time.perf_counter() - started, "load_average": os.getloadavg(),
            "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,10 +37,49 @@ def gsm8k_battles(data_dir):
 
 
 @pytest.mark.parametrize("cls,params", [(KNNRouter, {"k": 15}), (LogisticRouter, {}),
+                                        (LogisticRouter, {"two_part": True}),
                                         (LengthRouter, {})])
 def test_simple_routers_pass_check_router(cls, params, gsm8k_battles):
     battles, prompts = gsm8k_battles
     check_router(cls, battles, prompts, strong_model=STRONG, weak_model=WEAK, params=params)
+
+
+def test_two_part_logistic_composes_decisiveness_and_direction(gsm8k_battles, tmp_path):
+    from scipy.special import expit
+
+    battles, prompts = gsm8k_battles
+    router = LogisticRouter(strong_model=STRONG, weak_model=WEAK, two_part=True).fit(battles)
+    x = router.embedder_.encode(prompts).astype(np.float64)
+    decisive = expit(x @ router.tie_coef_ + router.tie_intercept_)
+    direction = expit(x @ router.coef_ + router.intercept_)
+    probs = router.predict_proba(prompts)
+    np.testing.assert_allclose(probs, 0.5 + decisive * (direction - 0.5), atol=1e-12)
+    assert 0 < decisive.min() and decisive.max() < 1 and probs.std() > 0.01
+    router.save_pretrained(tmp_path / "two_part")
+    np.testing.assert_array_equal(load_router(tmp_path / "two_part").predictor
+                                  .predict_proba(prompts), probs)
+
+
+def test_two_part_logistic_learns_more_from_few_labels_on_mmlu(data_dir):
+    """Most MMLU labels are ties; modelled apart they stop pulling the direction to 1/2."""
+    table = load_outcomes("mmlu", data_dir)
+    gains = []
+    for seed in range(3):
+        rows = np.random.default_rng(seed).permutation(len(table))[:4000]
+        train, test = np.sort(rows[:1600]), np.sort(rows[1600:])
+        battles = golden_battles(table.subset(train), ROUTELLM_STRONG, ROUTELLM_WEAK,
+                                 strong_name=STRONG, weak_name=WEAK)
+        strong = table.column(ROUTELLM_STRONG)[test]
+        weak = table.column(ROUTELLM_WEAK)[test]
+        prompts = [table.prompts[i] for i in test]
+        apgr = {}
+        for two_part in (False, True):
+            router = LogisticRouter(strong_model=STRONG, weak_model=WEAK,
+                                    two_part=two_part).fit(battles)
+            apgr[two_part] = router_metrics(strong, weak, router.predict_proba(prompts),
+                                            n_bootstrap=0, grid=2).apgr
+        gains.append(apgr[True] - apgr[False])
+    assert np.mean(gains) > 0.005, gains
 
 
 def test_knn_is_the_weighted_mean_of_neighbour_labels(gsm8k_battles):

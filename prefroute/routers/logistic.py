@@ -4,6 +4,13 @@ A linear model of P(strong wins) over the wordllama embedding and standardised s
 features (length, numbers, math symbols, options, code; ``prefroute.embed.features``). It
 learns from the battles between exactly the router's pair; soft labels and ties (0.5) enter
 as fractional positives, so every battle counts once with its weight.
+
+``two_part=True`` models ties apart: a label y is 0.5 + d (q - 1/2) with d = |2y - 1| (how
+decisive the battle was) and q = [y > 1/2] (who won it). One logistic model learns
+P(decisive | prompt) from every battle, another P(strong wins | decisive, prompt) from the
+decisive ones only, and P(strong wins) = 1/2 + d(x) (q(x) - 1/2). Ties then no longer pull
+the direction model towards 1/2; with few labels, most of them ties, that learns more
+(benchmarks/RESULTS.md, issue 15: MMLU 1,600 random labels 0.650 against 0.622).
 """
 
 from __future__ import annotations
@@ -49,6 +56,17 @@ def fit_soft_logistic(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, *,
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
+# Inverse L2 strength of the two-part router's decisiveness model (strongly regularised: it
+# is fitted on as few as 50 labels, and a wrong guess only scales the direction's margin).
+DECISIVE_C = 0.3
+
+
+def decisive_parts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d, q) with labels = 1/2 + d (q - 1/2): how decisive each battle was, who won it."""
+    labels = np.asarray(labels, dtype=np.float64)
+    return np.abs(2.0 * labels - 1.0), (labels > 0.5).astype(np.float64)
+
+
 @register_router
 class LogisticRouter(WinPredictor):
     """P(strong wins) = sigmoid(coef . embed(prompt) + intercept).
@@ -59,28 +77,33 @@ class LogisticRouter(WinPredictor):
     embedder: embedder spec; default wordllama + surface features (``features``).
     c: inverse L2 strength (scikit-learn's ``C``).
     use_soft_labels: a judge's ``p_b_wins`` replaces the hard label where present.
+    two_part: model ties apart (see the module docstring); ``coef_``/``intercept_`` are then
+        the direction model and ``tie_coef_``/``tie_intercept_`` P(decisive).
 
     Attributes
     ----------
-    embedder_, coef_ (float64 [d]), intercept_.
+    embedder_, coef_ (float64 [d]), intercept_; with two_part also tie_coef_, tie_intercept_.
     """
 
     router_type = "logistic"
 
     def __init__(self, *, strong_model: str, weak_model: str,
                  embedder: str | dict[str, Any] | Embedder = DEFAULT_EMBEDDER, c: float = 1.0,
-                 use_soft_labels: bool = True, max_iter: int = 500) -> None:
+                 use_soft_labels: bool = True, max_iter: int = 500,
+                 two_part: bool = False) -> None:
         super().__init__(strong_model=strong_model, weak_model=weak_model)
         self.embedder = embedder
         self.c = c
         self.use_soft_labels = use_soft_labels
         self.max_iter = max_iter
+        self.two_part = two_part
 
     def _check_params(self) -> None:
         owner = type(self).__name__
         check_range("c", owner, self.c, low=0.0, low_inclusive=False)
         check_choice("use_soft_labels", owner, self.use_soft_labels, (True, False))
         check_int("max_iter", owner, self.max_iter)
+        check_choice("two_part", owner, self.two_part, (True, False))
 
     def _fit(self, battles: Battles) -> None:
         self._check_params()
@@ -88,23 +111,43 @@ class LogisticRouter(WinPredictor):
                           use_soft_labels=self.use_soft_labels)
         self.embedder_ = fitted_embedder(self.embedder, pairs.prompts)
         x = self.embedder_.encode(pairs.prompts).astype(np.float64)
-        self.coef_, self.intercept_ = fit_soft_logistic(x, pairs.labels, pairs.weights,
-                                                        c=float(self.c), max_iter=self.max_iter)
+        if not self.two_part:
+            self.coef_, self.intercept_ = fit_soft_logistic(
+                x, pairs.labels, pairs.weights, c=float(self.c), max_iter=self.max_iter)
+            return
+        decisive, won = decisive_parts(pairs.labels)
+        self.tie_coef_, self.tie_intercept_ = fit_soft_logistic(
+            x, decisive, pairs.weights, c=DECISIVE_C, max_iter=self.max_iter)
+        rows = decisive > 0
+        if not rows.any():  # only ties: no direction to learn, P(strong wins) = 1/2
+            self.coef_, self.intercept_ = np.zeros(x.shape[1]), 0.0
+            return
+        self.coef_, self.intercept_ = fit_soft_logistic(
+            x[rows], won[rows], (pairs.weights * decisive)[rows], c=float(self.c),
+            max_iter=self.max_iter)
 
     def _predict(self, prompts: list[str]) -> np.ndarray:
         x = self.embedder_.encode(prompts).astype(np.float64)
-        return expit(x @ self.coef_ + self.intercept_)
+        direction = expit(x @ self.coef_ + self.intercept_)
+        if not self.two_part:
+            return direction
+        decisive = expit(x @ self.tie_coef_ + self.tie_intercept_)
+        return 0.5 + decisive * (direction - 0.5)
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return ({"coef": self.coef_, "intercept": np.array([self.intercept_])},
-                {"embedder": self.embedder_.spec()})
+        tensors = {"coef": self.coef_, "intercept": np.array([self.intercept_])}
+        if self.two_part:
+            tensors |= {"tie_coef": self.tie_coef_,
+                        "tie_intercept": np.array([self.tie_intercept_])}
+        return tensors, {"embedder": self.embedder_.spec()}
 
     def _save_files(self, directory: Path) -> None:
         if self.embedder_.needs_fit:
             self.embedder_.save_state(directory)
 
     def _expected_tensors(self, extra: dict[str, Any]) -> list[str] | None:
-        return ["coef", "intercept"]
+        names = ["coef", "intercept"]
+        return names + ["tie_coef", "tie_intercept"] if self.two_part else names
 
     def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any],
                     directory: Path) -> None:
@@ -114,12 +157,20 @@ class LogisticRouter(WinPredictor):
         except Exception as e:
             raise CheckpointError(f"{where}: {e}") from None
         embedder = reloaded_embedder(self.embedder, extra.get("embedder"), directory)
-        coef, intercept = tensors["coef"], tensors["intercept"]
-        if coef.shape != (embedder.dim,) or intercept.shape != (1,):
-            raise CheckpointError(f"{where}: coef {coef.shape} / intercept {intercept.shape} do "
-                                  f"not match the embedder's dimension {embedder.dim}")
-        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-            raise CheckpointError(f"{where}: coef and intercept must be finite")
+        parts = [("coef", "intercept")]
+        if self.two_part:
+            parts.append(("tie_coef", "tie_intercept"))
+        for coef_name, intercept_name in parts:
+            coef, intercept = tensors[coef_name], tensors[intercept_name]
+            if coef.shape != (embedder.dim,) or intercept.shape != (1,):
+                raise CheckpointError(
+                    f"{where}: {coef_name} {coef.shape} / {intercept_name} {intercept.shape} "
+                    f"do not match the embedder's dimension {embedder.dim}")
+            if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+                raise CheckpointError(f"{where}: {coef_name} and {intercept_name} must be finite")
         self.embedder_ = embedder
-        self.coef_ = coef.astype(np.float64)
-        self.intercept_ = float(intercept[0])
+        self.coef_ = tensors["coef"].astype(np.float64)
+        self.intercept_ = float(tensors["intercept"][0])
+        if self.two_part:
+            self.tie_coef_ = tensors["tie_coef"].astype(np.float64)
+            self.tie_intercept_ = float(tensors["tie_intercept"][0])
