@@ -47,7 +47,12 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
     from prefroute.embed.features import FeatureAugmentedEmbedder
     from prefroute.evaluate.metrics import router_metrics
     from prefroute.evaluate.protocols import crossfit_folds
-    from prefroute.routers.logistic import DECISIVE_C, decisive_parts, fit_soft_logistic
+    from prefroute.routers.logistic import (
+        decisive_parts,
+        fit_soft_logistic,
+        fit_two_part_logistic,
+        two_part_proba,
+    )
     from prefroute.selection import disagreement_probability, select_prompts
 
     strong, weak = PAIRS[bench]
@@ -75,15 +80,9 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
                                                 c=1.0)
             probs = expit(x_test @ coef + intercept)
         else:
-            decisive, won = decisive_parts(labels[idx])
-            tie_coef, tie_b = fit_soft_logistic(x_pool[idx], decisive, np.ones(len(idx)),
-                                                c=DECISIVE_C)
-            rows = decisive > 0
-            coef, intercept = (fit_soft_logistic(x_pool[idx][rows], won[rows],
-                                                 decisive[rows], c=1.0)
-                               if rows.any() else (np.zeros(x_pool.shape[1]), 0.0))
-            probs = 0.5 + expit(x_test @ tie_coef + tie_b) * (expit(x_test @ coef + intercept)
-                                                                - 0.5)
+            tie, direction = fit_two_part_logistic(x_pool[idx], labels[idx], np.ones(len(idx)),
+                                                   c=1.0)
+            probs = two_part_proba(x_test, tie, direction)
         return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
 
     def rounds_with_router(seed: int) -> list[float]:
@@ -103,7 +102,7 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
             curve.append(apgr_of(chosen))
         return curve
 
-    disagreed = (labels != 0.5).astype(np.float64)  # one model right, the other wrong
+    disagreed, _ = decisive_parts(labels)  # 1: one model right, the other wrong
 
     def rounds_by_disagreement(seed: int) -> list[float]:
         """``augment select --labelled`` each round: the first size at random, then draws

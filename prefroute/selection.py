@@ -37,8 +37,6 @@ from prefroute.errors import ConfigError, check_choice, check_int, check_range
 
 METHODS = ("kmeans", "kcenter", "disagreement")
 PCA_DIMS = 32
-# L2 strength (inverse) of the disagreement model: it is fitted on as few as 50 labels.
-DISAGREEMENT_C = 0.3
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ def disagreement_probability(pool: np.ndarray, labelled: np.ndarray,
     both outcomes among the labels, every prompt gets their mean rate."""
     from scipy.special import expit
 
-    from prefroute.routers.logistic import fit_soft_logistic
+    from prefroute.routers.logistic import fit_decisive_logistic
 
     y = np.asarray(disagreed, dtype=np.float64)
     if len(y) != len(labelled):
@@ -80,8 +78,8 @@ def disagreement_probability(pool: np.ndarray, labelled: np.ndarray,
         raise ConfigError("the disagreement method needs labelled prompts (--labelled)")
     if y.min() == y.max():
         return np.full(len(pool), float(y.mean()))
-    coef, intercept = fit_soft_logistic(np.asarray(labelled, np.float64), y, np.ones(len(y)),
-                                        c=DISAGREEMENT_C)
+    coef, intercept = fit_decisive_logistic(np.asarray(labelled, np.float64), y,
+                                            np.ones(len(y)))
     return expit(np.asarray(pool, np.float64) @ coef + intercept)
 
 

@@ -105,29 +105,21 @@ def test_round_trip_keeps_order_ids_and_scores(mf_router, prompts, tmp_path, in_
     assert {r["threshold"] for r in rows} == {0.55}
 
 
-def test_workers_give_the_same_rows_in_the_same_order(mf_router, prompts, tmp_path):
+@pytest.mark.parametrize("suffix,batch_size,parallel,expected", [
+    (".parquet", 256, {"workers": 2}, (2, 1)),  # processes
+    (".jsonl", 1500, {"threads": 3}, (1, 3)),  # threads sharing one tokenizer cache
+])
+def test_parallel_scoring_gives_the_same_rows_in_the_same_order(
+        mf_router, prompts, tmp_path, suffix, batch_size, parallel, expected):
     router, _ = mf_router
-    source = tmp_path / "in.parquet"
-    _write_input(source, prompts, _ids(len(prompts)))
-    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
-    score_file(router, source, one, id_field="request_id", batch_size=256, workers=1,
-               progress=False)
-    summary = score_file(router, source, two, id_field="request_id", batch_size=256, workers=2,
-                         progress=False)
-    assert summary.workers == 2
-    assert pq.read_table(one).equals(pq.read_table(two))
-
-
-def test_threads_give_the_same_rows_in_the_same_order(mf_router, prompts, tmp_path):
-    router, _ = mf_router
-    source = tmp_path / "in.jsonl"
+    source = tmp_path / f"in{suffix}"
     _write_input(source, prompts, _ids(len(prompts)))
     one, many = tmp_path / "one.parquet", tmp_path / "many.parquet"
-    score_file(router, source, one, id_field="request_id", batch_size=1500, threads=1,
-               progress=False)
-    summary = score_file(router, source, many, id_field="request_id", batch_size=1500,
-                         threads=3, progress=False)
-    assert (summary.workers, summary.threads) == (1, 3)
+    score_file(router, source, one, id_field="request_id", batch_size=batch_size, workers=1,
+               threads=1, progress=False)
+    summary = score_file(router, source, many, id_field="request_id", batch_size=batch_size,
+                         progress=False, **parallel)
+    assert (summary.workers, summary.threads) == expected
     assert pq.read_table(one).equals(pq.read_table(many))
 
 
