@@ -37,7 +37,7 @@ def gsm8k_battles(data_dir):
 
 
 @pytest.mark.parametrize("cls,params", [(KNNRouter, {"k": 15}), (LogisticRouter, {}),
-                                        (LogisticRouter, {"two_part": True}),
+                                        (LogisticRouter, {"two_part": False}),
                                         (LengthRouter, {})])
 def test_simple_routers_pass_check_router(cls, params, gsm8k_battles):
     battles, prompts = gsm8k_battles
@@ -58,6 +58,23 @@ def test_two_part_logistic_composes_decisiveness_and_direction(gsm8k_battles, tm
     router.save_pretrained(tmp_path / "two_part")
     np.testing.assert_array_equal(load_router(tmp_path / "two_part").predictor
                                   .predict_proba(prompts), probs)
+
+
+def test_logistic_checkpoint_from_before_two_part_loads_as_written(gsm8k_battles, tmp_path):
+    """two_part became the default later: a config.json without the key is a plain model."""
+    import json
+
+    battles, prompts = gsm8k_battles
+    plain = LogisticRouter(strong_model=STRONG, weak_model=WEAK, two_part=False).fit(battles)
+    assert LogisticRouter(strong_model=STRONG, weak_model=WEAK).two_part
+    plain.save_pretrained(tmp_path / "old")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["params"]["two_part"]
+    config_path.write_text(json.dumps(config))
+    loaded = load_router(tmp_path / "old").predictor
+    assert loaded.two_part is False
+    np.testing.assert_array_equal(loaded.predict_proba(prompts), plain.predict_proba(prompts))
 
 
 def test_two_part_logistic_learns_more_from_few_labels_on_mmlu(data_dir):

@@ -262,6 +262,28 @@ def test_segment_tokenizer_is_exact_from_several_threads(data_dir: Path) -> None
         assert got == expected
 
 
+def test_segment_tokenizer_passes_stay_within_their_size(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is cut into passes of at most MAX_CHARS_PER_PASS characters (one longer text
+    alone), so the hash's power tables are not regrown; the tokens stay exact."""
+    from prefroute.embed import segment_tokenizer as module
+
+    monkeypatch.setattr(module, "MAX_CHARS_PER_PASS", 3_000)
+    texts = _all_shared_prompts(data_dir)[:300] + ["", "w " * 2_000, ""] + EDGE_TEXTS
+    reference = _wordllama_tokenizer()
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    tokenizer = module.SegmentTokenizer(reference)
+    passes: list[int] = []
+    encode_pass = tokenizer._encode_pass
+    monkeypatch.setattr(tokenizer, "_encode_pass",
+                        lambda batch: passes.append(sum(len(t) + 1 for t in batch))
+                        or encode_pass(batch))
+    assert tokenizer.encode_batch(texts).to_lists() == expected
+    assert len(passes) > 10 and sum(passes) == sum(len(t) + 1 for t in texts)
+    assert max(p for p in passes if p != 4_001) <= 3_000 and 4_001 in passes
+
+
 def test_segment_tokenizer_truncates_like_the_reference(data_dir: Path) -> None:
     from prefroute.embed.segment_tokenizer import SegmentTokenizer
 

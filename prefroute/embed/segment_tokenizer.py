@@ -181,12 +181,16 @@ class SegmentTokenizer:
         if len(texts) <= FEW_TEXTS and self._word_cuts_exact:
             with self._lock:
                 return self._encode_few(texts)
+        # A pass ends before the text that would take it past MAX_CHARS_PER_PASS, so the
+        # hash's power tables (sized for one pass) are built once, not regrown.
         parts, start, chars = [], 0, 0
-        for end, text in enumerate(texts, 1):
-            chars += len(text) + 1
-            if chars >= MAX_CHARS_PER_PASS or end == len(texts):
+        for end, text in enumerate(texts):
+            size = len(text) + 1
+            if chars + size > MAX_CHARS_PER_PASS and end > start:
                 parts.append(self._encode_pass(texts[start:end]))
                 start, chars = end, 0
+            chars += size
+        parts.append(self._encode_pass(texts[start:]))
         if len(parts) == 1:
             return parts[0]
         counts = np.concatenate([p.counts for p in parts])
@@ -225,7 +229,7 @@ class SegmentTokenizer:
 
     def _encode_pass(self, texts: list[str]) -> TokenBatch:
         # Empty texts have no tokens and texts with added tokens are spliced in afterwards.
-        skipped = {i for i, t in enumerate(texts) if not t}
+        skipped = {i for i, t in enumerate(texts) if not t} if "" in texts else set()
         kept = [t for i, t in enumerate(texts) if i not in skipped] if skipped else texts
         joined = (SPACE + SPACE.join(kept)).replace(" ", SPACE) if kept else ""
         special = []

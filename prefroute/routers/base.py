@@ -90,6 +90,9 @@ class WinPredictor(ABC):
     # GIL-releasing numpy work), which lets one process use every core. Its embedder must
     # allow it too (see ``scores_concurrently``).
     concurrent_predict: ClassVar[bool] = False
+    # Parameters whose default changed after checkpoints were written without them: the
+    # value such a checkpoint was fitted with, used when its config.json lacks the key.
+    params_absent_from_old_checkpoints: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, strong_model: str, weak_model: str) -> None:
         self.strong_model = strong_model
@@ -240,6 +243,8 @@ class WinPredictor(ABC):
                 f"{directory / 'config.json'}: parameters {unknown} are not parameters of "
                 f"{klass.__name__} (saved by another version?)"
             )
+        # a parameter added later with a new default: what older checkpoints were fitted with
+        params = {**klass.params_absent_from_old_checkpoints, **params}
         try:
             predictor = klass(**params)
         except (ConfigError, TypeError) as e:

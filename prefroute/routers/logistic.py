@@ -106,8 +106,9 @@ class LogisticRouter(WinPredictor):
     embedder: embedder spec; default wordllama + surface features (``features``).
     c: inverse L2 strength (scikit-learn's ``C``).
     use_soft_labels: a judge's ``p_b_wins`` replaces the hard label where present.
-    two_part: model ties apart (see the module docstring); ``coef_``/``intercept_`` are then
-        the direction model and ``tie_coef_``/``tie_intercept_`` P(decisive).
+    two_part: model ties apart (see the module docstring; the default); ``coef_`` and
+        ``intercept_`` are then the direction model and ``tie_coef_``/``tie_intercept_``
+        P(decisive). False: one soft-label model, as before the default changed.
 
     Attributes
     ----------
@@ -115,11 +116,13 @@ class LogisticRouter(WinPredictor):
     """
 
     router_type = "logistic"
+    # two_part became the default after logistic checkpoints without it had been written
+    params_absent_from_old_checkpoints = {"two_part": False}
 
     def __init__(self, *, strong_model: str, weak_model: str,
                  embedder: str | dict[str, Any] | Embedder = DEFAULT_EMBEDDER, c: float = 1.0,
                  use_soft_labels: bool = True, max_iter: int = 500,
-                 two_part: bool = False) -> None:
+                 two_part: bool = True) -> None:
         super().__init__(strong_model=strong_model, weak_model=weak_model)
         self.embedder = embedder
         self.c = c
