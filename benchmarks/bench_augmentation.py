@@ -66,7 +66,7 @@ def build_training_sets(data_dir: Path, eval_prompts: list[str], embedder, thres
     from data_aug.golden import golden_from_table
     from prefroute.data.aliases import ModelAliases
     from prefroute.data.battles import Battles
-    from prefroute.data.decontaminate import decontaminate
+    from prefroute.data.decontamination import decontaminate
     from prefroute.data.loaders import apply_aliases, load_source
     from prefroute.data.outcomes import load_outcomes
 

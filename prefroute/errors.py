@@ -54,16 +54,19 @@ def check_choice(name: str, owner: str, value: object, allowed: tuple) -> None:
 
 
 def check_int(
-    name: str, owner: str, value: object, *, low: int = 1, optional: bool = False
+    name: str, owner: str, value: object, *, low: int = 1, optional: bool = False,
+    high: int | None = None,
 ) -> None:
-    """Raise ConfigError unless ``value`` is an int >= ``low`` (or None, when ``optional``)."""
+    """Raise ConfigError unless ``value`` is an int in [``low``, ``high``] (or None, when
+    ``optional``)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
         none = " or None" if optional else ""
+        bound = f"an int >= {low}" if high is None else f"an int from {low} to {high:,}"
         raise ConfigError(
-            f"The '{name}' parameter of {owner} must be an int >= {low}{none}. "
-            f"Got {value!r} instead."
+            f"The '{name}' parameter of {owner} must be {bound}{none}. Got {value!r} instead."
         )
 
 

@@ -2,7 +2,10 @@
 
 Every command that writes goes through here, so a failed or killed run leaves either the old
 output or nothing, never a half-written file that looks complete, and ``--out`` never deletes a
-folder the user did not ask to replace.
+folder the user did not ask to replace. Even with ``--overwrite`` only a folder prefroute wrote
+is replaced (a checkpoint, whose config.json lists its files, or a folder whose
+``.prefroute-output`` marker does), and only while it holds nothing else; never one holding an
+input or the current folder.
 """
 
 from __future__ import annotations
@@ -102,17 +105,89 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+OUTPUT_MARKER = ".prefroute-output"  # lists the files of a non-checkpoint folder we wrote
+
+
 def _is_protected(path: Path) -> str | None:
+    """Why ``path`` may never be replaced, whatever --overwrite says (None if it may)."""
     resolved = path.resolve()
     if resolved == Path(resolved.anchor):
         return "the file-system root"
     if resolved == Path.home().resolve():
         return "your home folder"
-    if resolved == Path.cwd().resolve():
+    cwd = Path.cwd().resolve()
+    if resolved == cwd:
         return "the current folder"
+    if cwd.is_relative_to(resolved):
+        return f"a folder holding the current folder {cwd}"
     if (resolved / ".git").exists():
         return "a git repository"
     return None
+
+
+def _files_under(folder: Path) -> set[str]:
+    """Relative posix paths of everything but folders under ``folder`` (links not followed)."""
+    found = set()
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        names = files + [d for d in dirs if (Path(root) / d).is_symlink()]
+        found.update((Path(root) / name).relative_to(folder).as_posix() for name in names)
+    return found
+
+
+def _recorded_files(folder: Path) -> set[str] | None:
+    """The files prefroute recorded writing into ``folder``: a checkpoint's config.json
+    'files' (plus config.json), or the list in an OUTPUT_MARKER; None if neither is there."""
+    import json
+
+    from prefroute.checkpoint import CONFIG_NAME, FILES_KEY, read_config
+
+    marker = folder / OUTPUT_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return None
+        return {*files, OUTPUT_MARKER}
+    if not (folder / CONFIG_NAME).is_file():
+        return None
+    try:
+        files = read_config(folder).get(FILES_KEY)
+    except PrefrouteError:
+        return None
+    return {*map(str, files), CONFIG_NAME} if isinstance(files, dict) else None
+
+
+def _not_ours(folder: Path) -> str | None:
+    """Why the non-empty ``folder`` is not wholly a prefroute output (None if it is)."""
+    recorded = _recorded_files(folder)
+    if recorded is None:
+        return (f"not a prefroute output (no checkpoint config.json, no {OUTPUT_MARKER}); "
+                "refusing to replace it even with --overwrite: empty or move it yourself, or "
+                "choose a new folder")
+    foreign = sorted(_files_under(folder) - recorded)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        return (f"holds {len(foreign)} files prefroute did not write ({shown}); refusing to "
+                "replace it even with --overwrite: move them out, or choose a new folder")
+    return None
+
+
+def mark_output_dir(folder: str | Path) -> None:
+    """Record the files of a finished non-checkpoint output folder in its OUTPUT_MARKER, so
+    a later --overwrite can tell it from a folder of the user's (checkpoints record their
+    files in config.json already)."""
+    import json
+
+    from prefroute.checkpoint import is_checkpoint_folder
+
+    folder = Path(folder)
+    if is_checkpoint_folder(folder):
+        return
+    files = sorted(_files_under(folder) - {OUTPUT_MARKER})
+    atomic_write_text(folder / OUTPUT_MARKER,
+                      json.dumps({"written_by": "prefroute", "files": files}) + "\n")
 
 
 def check_output_dir(
@@ -121,8 +196,10 @@ def check_output_dir(
     """Check, before any work, that ``out`` may be written as a new output folder.
 
     Refused: an existing file; an existing non-empty folder unless ``overwrite``; a folder
-    that is (or holds, or lies inside) one of ``inputs``; the root, home, current folder or a
-    git repository whatever ``overwrite`` says. Nothing is created or deleted here.
+    that is (or holds, or lies inside) one of ``inputs``; whatever ``overwrite`` says, the
+    root, home, a git repository, the current folder or one holding it, and any non-empty
+    folder prefroute did not write (or that holds files it did not write). Nothing is
+    created or deleted here.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -134,15 +211,18 @@ def check_output_dir(
             raise OutputError(
                 f"--out {out} overlaps the input {source}; write the result to another folder"
             )
+    protected = _is_protected(out) if out.is_dir() else None
+    if protected:
+        raise OutputError(f"--out {out} is {protected}; refusing to replace it")
     if out.is_dir() and any(out.iterdir()):
-        protected = _is_protected(out)
-        if protected:
-            raise OutputError(f"--out {out} is {protected}; refusing to replace it")
         if not overwrite:
             raise OutputError(
                 f"--out {out} exists and is not empty; pass --overwrite to replace it, "
                 "or choose a new folder"
             )
+        foreign = _not_ours(out)
+        if foreign:
+            raise OutputError(f"--out {out} is {foreign}")
     parent = resolved.parent
     while not parent.exists():
         parent = parent.parent
@@ -160,15 +240,21 @@ def check_output_file(
 ) -> Path:
     """Check, before any work, that ``out`` may be written as an output file.
 
-    Refused: a folder; an existing file unless ``overwrite``; one of ``inputs``.
+    Refused: a folder; an existing file unless ``overwrite``; one of ``inputs``, or a path
+    inside an input folder (a checkpoint, say).
     """
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"{flag} {out} is a folder; give a file path")
     resolved = out.resolve()
     for source in inputs:
-        if resolved == Path(source).resolve():
+        src = Path(source).resolve()
+        if resolved == src:
             raise OutputError(f"{flag} {out} is also an input; write the result elsewhere")
+        if resolved.is_relative_to(src):
+            raise OutputError(
+                f"{flag} {out} lies inside the input {source}; write the result elsewhere"
+            )
     if out.exists() and not overwrite:
         raise OutputError(
             f"{flag} {out} exists; pass --overwrite to replace it, or choose a new path"
@@ -187,15 +273,22 @@ def staged_output_dir(
 ) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces ``out`` in one rename.
 
-    The previous ``out`` (only when ``overwrite`` allowed it) is moved aside and removed after
-    the new folder is in place. On failure the temporary folder is removed and ``out`` is
-    untouched.
+    The previous ``out`` (only when ``overwrite`` allowed it, and only a folder prefroute
+    wrote) is moved aside and removed after the new folder is in place. A finished folder
+    that is not a checkpoint gets an OUTPUT_MARKER listing its files. On failure the
+    temporary folder is removed and ``out`` is untouched.
     """
     out = check_output_dir(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = _temp_sibling(out, directory=True)
     try:
         yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    try:
+        mark_output_dir(stage)
+        check_output_dir(out, overwrite=overwrite, inputs=inputs)  # still ours after the work
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

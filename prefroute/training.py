@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from prefroute._logging import logger
 from prefroute.data.aliases import ModelAliases
 from prefroute.data.battles import Battles
 from prefroute.data.cleaning import clean_battles
-from prefroute.data.decontaminate import decontaminate
+from prefroute.data.decontamination import decontaminate
 from prefroute.data.loaders import apply_aliases, load_source
 from prefroute.errors import ConfigError
 from prefroute.router import make_router
@@ -74,8 +75,9 @@ def weight_sources(battles: Battles, source_weights: dict[str, float]) -> Battle
     keep their weight (1 when unset); the longest matching prefix wins.
     """
     for prefix, weight in source_weights.items():
-        if weight < 0:
-            raise ConfigError(f"source weight for {prefix!r} must be >= 0, got {weight}")
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(
+                f"source weight for {prefix!r} must be a finite number >= 0, got {weight!r}")
     weights = battles.numeric("weight")
     weights = np.where(np.isnan(weights), 1.0, weights)
     prefixes = sorted(source_weights, key=len, reverse=True)

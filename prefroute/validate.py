@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from prefroute.errors import DataError
 
@@ -239,3 +241,125 @@ def first_bad_text(values: Sequence[Any]) -> int | None:
         except UnicodeEncodeError:
             return i
     return None
+
+
+# ids --------------------------------------------------------------------------------
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_ID_RULE = "ids are strings or integers"
+
+
+def _article(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
+def _kind_of(value: Any) -> str:
+    """How a person would name ``value``'s type: a list, an object, bytes..."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return _article(type(value).__name__)
+
+
+def check_id(value: Any, *, file: str | None, row: int | None, field: str) -> str:
+    """The kind ("integer" or "string") of a valid id; anything else is a DataError.
+
+    An id is a non-empty string or an integer that fits int64: never null, a boolean, a
+    decimal number, or a list or object.
+    """
+    def fail(message: str) -> DataError:
+        return DataError(message, file=file, row=row, field=field)
+
+    if value is None:
+        raise fail("id is null")
+    if isinstance(value, (bool, np.bool_)):
+        raise fail(f"id {str(bool(value)).lower()} is a boolean; {_ID_RULE}")
+    if isinstance(value, (int, np.integer)):
+        if not INT64_MIN <= int(value) <= INT64_MAX:
+            raise fail(f"id {value} does not fit a 64-bit integer; write it as a string")
+        return "integer"
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value) and float(value).is_integer():
+            raise fail(f"id {value!r} is a decimal number, not an integer; {_ID_RULE}")
+        raise fail(f"id {value!r} is a number that is not an integer; {_ID_RULE}")
+    if isinstance(value, str):
+        if not value:
+            raise fail("id is empty")
+        check_text(value, file=file, row=row, field=field)
+        return "string"
+    raise fail(f"id is {_kind_of(value)}; {_ID_RULE}")
+
+
+class IdKinds:
+    """Holds every id of one input to the kind of its first id (all integers or all strings)."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.file: str | None = None
+        self.row: int | None = None
+
+    def check(self, kind: str, *, file: str | None, row: int | None, field: str) -> None:
+        if self.kind is None:
+            self.kind, self.file, self.row = kind, file, row
+            return
+        if kind != self.kind:
+            first = f"row {self.row}" + ("" if self.file == file else f" of {self.file}")
+            raise DataError(
+                f"ids of mixed types: {first} has {_article(self.kind)}, row {row} "
+                f"{_article(kind)}; use one type",
+                file=file,
+                row=row,
+                field=field,
+            )
+
+
+def check_id_column(
+    ids: pa.Array | pa.ChunkedArray,
+    *,
+    file: str | None,
+    first_row: int | None,
+    field: str,
+    kinds: IdKinds | None = None,
+) -> pa.Array:
+    """A column of ids as ``int64`` or ``string``, checked as ``check_id`` checks one id.
+
+    ``first_row``: the true row of the first value (None when unknown). Refused: nulls, empty
+    strings, integers beyond int64, and columns of any other type (floats, booleans, nested).
+    """
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+
+    def row_of(index: int) -> int | None:
+        return None if first_row is None else first_row + index
+
+    def first(mask: pa.Array) -> int | None:
+        return int(pc.index(mask, True).as_py()) if pc.any(mask).as_py() else None
+
+    if ids.null_count:
+        i = first(pc.is_null(ids))
+        raise DataError("id is null", file=file, row=row_of(i), field=field)
+    if pa.types.is_integer(ids.type):
+        kind = "integer"
+        if ids.type == pa.uint64() and len(ids):
+            i = first(pc.greater(ids, pa.scalar(INT64_MAX, pa.uint64())))
+            if i is not None:
+                check_id(ids[i].as_py(), file=file, row=row_of(i), field=field)
+        ids = ids.cast(pa.int64())
+    elif pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        kind = "string"
+        i = first(pc.equal(pc.utf8_length(ids), 0))
+        if i is not None:
+            raise DataError("id is empty", file=file, row=row_of(i), field=field)
+        ids = ids.cast(pa.string())
+    else:
+        if len(ids):  # the first value's own message: "id 2.5 is a number that is not..."
+            check_id(ids[0].as_py(), file=file, row=row_of(0), field=field)
+        raise DataError(
+            f"the id column holds {ids.type} values; {_ID_RULE}", file=file, row=row_of(0),
+            field=field,
+        )
+    if kinds is not None and len(ids):
+        kinds.check(kind, file=file, row=row_of(0), field=field)
+    return ids

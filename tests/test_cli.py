@@ -235,3 +235,17 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, prompts_file):
         text=True,
     )
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-1"])
+def test_train_refuses_a_source_weight_that_is_not_a_finite_non_negative_number(
+    monkeypatch, capsys, tmp_path, data_dir, weight
+):
+    from trust_helpers import run_main
+
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--router", "length", "--data", "alpaca_eval",
+        "--source-weight", f"alpaca={weight}", *PAIR, "--out", str(tmp_path / "x"),
+        "--data-dir", str(data_dir))
+    assert code == 2 and "source weight for 'alpaca'" in err, err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()

@@ -336,3 +336,22 @@ def test_read_prompts_jsonl_and_text(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(DataError, match=r"row 2, field 'prompt'"):
         read_prompts(tmp_path / "p.jsonl")
+
+
+def test_read_prompts_reads_csv_and_parquet_as_tables_not_text(tmp_path):
+    """calibrate --prompts once read a CSV's raw lines (header included) as prompts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompts = ["What is 2 + 2?", 'A "quoted", comma prompt\nover two lines', "Say hi"]
+    (tmp_path / "p.csv").write_text("id,prompt\n" + "".join(
+        f'{i},"{p.replace(chr(34), chr(34) * 2)}"\n' for i, p in enumerate(prompts)))
+    pq.write_table(pa.table({"prompt": prompts, "n": [1, 2, 3]}), tmp_path / "p.parquet")
+    assert read_prompts(tmp_path / "p.csv") == prompts
+    assert read_prompts(tmp_path / "p.parquet") == prompts
+    (tmp_path / "header_only.csv").write_text("prompt\n")
+    with pytest.raises(DataError, match="no prompts"):
+        read_prompts(tmp_path / "header_only.csv")
+    pq.write_table(pa.table({"text": prompts}), tmp_path / "other.parquet")
+    with pytest.raises(DataError, match="prompt"):
+        read_prompts(tmp_path / "other.parquet")

@@ -6,9 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from prefroute.cli.main import app
 from prefroute.data.loaders import golden_battles
 from prefroute.data.outcome_files import load_outcome_file
 from prefroute.data.outcomes import ROUTELLM_STRONG, ROUTELLM_WEAK, load_outcomes
@@ -59,7 +57,9 @@ def test_pair_mismatch_is_reported(trained, data_dir):
     assert "pair_mismatch" not in same.info
 
 
-def test_cli_eval_outcomes_file_with_pair_flags(trained, tmp_path):
+def test_cli_eval_outcomes_file_with_pair_flags(trained, tmp_path, monkeypatch, capsys):
+    from trust_helpers import run_cli, run_main
+
     table, _, _, path = trained
     file = tmp_path / "mine.csv"
     with open(file, "w", newline="", encoding="utf-8") as f:
@@ -68,12 +68,15 @@ def test_cli_eval_outcomes_file_with_pair_flags(trained, tmp_path):
         for i in range(300):
             writer.writerow([table.prompts[i], table.column(ROUTELLM_STRONG)[i] > 0,
                              table.column(ROUTELLM_WEAK)[i] > 0])
-    result = CliRunner().invoke(app, ["eval", str(path), "--outcomes", str(file),
-                                      "--strong-model", "big", "--weak-model", "small",
-                                      "--bootstrap", "20"])
-    assert result.exit_code == 0, result.output
-    assert "training_prompts: 150" in result.output
-    assert "warning" in result.output and "'big'" in result.output
+    args = ["eval", str(path), "--outcomes", str(file), "--strong-model", "big",
+            "--weak-model", "small", "--bootstrap", "20"]
+    done = run_cli(*args)  # a real process: the warning goes through the CLI's logging
+    assert done.returncode == 0, done.stderr
+    assert "training_prompts: 150" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "is evaluated on" in line]
+    assert len(warnings) == 1 and "'big'" in warnings[0], done.stderr  # once, not 3 times
+    code, _, err = run_main(monkeypatch, capsys, *args[:-1], "1000000000")
+    assert code == 2 and "--bootstrap" in err and "100,000" in err
 
 
 def test_outcome_file_errors_name_the_row(tmp_path):

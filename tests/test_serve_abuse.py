@@ -159,6 +159,28 @@ def test_oversized_bodies_get_413_at_once_while_other_requests_succeed(mf_checkp
     assert weak.count() == 21 and strong.count() == 0
 
 
+def test_bodies_no_upstream_could_take_are_400_not_500(mf_checkpoint, upstreams):
+    """A lone surrogate or NaN in the JSON body is the client's error, not the router's."""
+    _, router = mf_checkpoint
+    strong, weak = upstreams
+    with serving(make_settings({"mf": router}, strong, weak)) as url:
+        bodies = [
+            b'{"model": "router-mf-0", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+            b'{"model": "router-mf-0", "temperature": NaN, "messages": [{"role": "user", '
+            b'"content": "hi"}]}',
+        ]
+        for body in bodies:
+            answer = httpx.post(f"{url}/v1/chat/completions", content=body,
+                                headers={"Content-Type": "application/json"}, timeout=30)
+            assert answer.status_code == 400, (body, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "invalid_json" and "not valid JSON" in error["message"]
+        # a valid body still routes
+        fine = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                          json={"model": "router-mf-0", "messages": user("hi \u00e9")})
+        assert fine.status_code == 200, fine.text
+
+
 def test_slow_clients_do_not_pin_the_server(mf_checkpoint, upstreams):
     """Slowloris: connections that trickle headers (or a body) in are cut off, and until then
     they neither block other requests nor keep the connection cap full."""

@@ -79,8 +79,11 @@ def test_calibrate_out_never_deletes_and_never_writes_onto_itself(
     code, out, err = run_main(monkeypatch, capsys, *args, "--out", str(copy))
     assert code == 0, err
     assert load_router(copy).calibration["target_strong_rate"] == 0.5
+    # --overwrite replaces what prefroute wrote, never a folder of the user's files
     code, _, err = run_main(monkeypatch, capsys, *args, "--out", str(user_folder), "--overwrite")
-    assert code == 0, err and not (user_folder / "notes.txt").exists()
+    assert code == 2 and "not a prefroute output" in err and snapshot(user_folder) == before
+    code, _, err = run_main(monkeypatch, capsys, *args, "--out", str(copy), "--overwrite")
+    assert code == 0, err
     assert snapshot(checkpoint) == ckpt_before and not leftovers(tmp_path)
 
 

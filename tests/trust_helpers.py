@@ -168,7 +168,28 @@ def walk_specs(value: object) -> Iterator[dict]:
             yield from walk_specs(item)
 
 
-class ScriptedChatServer:
+class LocalHTTPServer:
+    """A real HTTP server on 127.0.0.1 (a free port) serving ``handler`` in a thread, for
+    use as a context manager; ``base_url`` ends in /v1 as OpenAI-style clients expect."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ScriptedChatServer(LocalHTTPServer):
     """A real ``POST /v1/chat/completions`` server on 127.0.0.1 answering 200 with the raw
     bodies ``script(n)`` returns for the n-th request (bytes, content type)."""
 
@@ -194,20 +215,7 @@ class ScriptedChatServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> ScriptedChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def chat_body(content: object = "[[A]]", usage: object = "default") -> bytes:

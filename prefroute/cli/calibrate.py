@@ -14,7 +14,10 @@ from prefroute.io import check_output_dir, staged_output_dir
 
 def calibrate(
     checkpoint: Path = typer.Argument(..., help="router checkpoint folder"),
-    prompts: Path = typer.Option(..., "--prompts", help="calibration prompts (JSONL or text)"),
+    prompts: Path = typer.Option(
+        ..., "--prompts",
+        help="calibration prompts: JSONL, CSV or Parquet with a 'prompt' field, or plain text",
+    ),
     strong_rate: float | None = typer.Option(
         None, "--strong-rate", help="target strong-model call rate"
     ),
@@ -33,7 +36,7 @@ def calibrate(
         None, "--out", help="write a calibrated copy here (default: in place)"
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="replace an existing non-empty --out folder"
+        False, "--overwrite", help="replace an existing --out checkpoint prefroute wrote"
     ),
 ) -> None:
     """Choose the threshold for a strong-call rate or a cost budget and store it.
@@ -47,8 +50,9 @@ def calibrate(
     chosen = [x is not None for x in (strong_rate, budget_per_1k, budget_fraction)]
     if sum(chosen) != 1:
         raise ConfigError("give exactly one of --strong-rate, --budget or --budget-fraction")
+    inputs = [checkpoint, prompts]  # --out replaces a folder: never one holding these
     if out is not None:
-        check_output_dir(out, overwrite=overwrite, inputs=[checkpoint])
+        check_output_dir(out, overwrite=overwrite, inputs=inputs)
     router = load_router(checkpoint)
     texts = read_prompts(prompts)
     probs = router.strong_win_prob(texts)
@@ -76,7 +80,7 @@ def calibrate(
     if out is None:
         router.save_threshold(checkpoint)  # rewrites config.json atomically; weights untouched
     else:
-        with staged_output_dir(out, overwrite=overwrite, inputs=[checkpoint]) as stage:
+        with staged_output_dir(out, overwrite=overwrite, inputs=inputs) as stage:
             shutil.copytree(checkpoint, stage, dirs_exist_ok=True, symlinks=True)
             router.save_threshold(stage)
     typer.echo(json.dumps(cal.to_dict(), indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 
 import typer
 
@@ -60,24 +61,45 @@ app.add_typer(augment_app, name="augment", help="Build battles: golden labels or
 MAX_MESSAGE_CHARS = 2000
 # API keys and bearer tokens that an upstream error may echo back
 _SECRETS = re.compile(r"(Bearer\s+|\b(?:sk|pk|rk)-)[A-Za-z0-9_\-.]{6,}", re.IGNORECASE)
+# a credential header quoted back (``Authorization: Bearer x``, ``'api-key': 'x'``): any length
+_CREDENTIAL_HEADERS = re.compile(
+    r"""(?i)\b((?:proxy-)?authorization|x-api-key|api-key)(["']?\s*[:=]\s*["']?)"""
+    r"""((?:bearer|basic|token)\s+)?[^\s,;'"}]+"""
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with credential headers, bearer tokens, API keys, ``key=`` parameters and
+    URL credentials masked (what an upstream error or a traceback may quote)."""
+    from prefroute.serve.errors import redact
+
+    text = _CREDENTIAL_HEADERS.sub(r"\g<1>\g<2>\g<3>[redacted]", text)
+    text = _SECRETS.sub(lambda m: m.group(1) + "[redacted]", text)
+    return redact(text)
 
 
 def _one_line(error: BaseException) -> str:
     """The message on one line, secrets redacted first, then cut to a readable length."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    text = _SECRETS.sub(lambda m: m.group(1) + "[redacted]", text)
+    text = " ".join(redact_secrets(str(error)).split()) or type(error).__name__
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
+def _print_traceback(error: BaseException) -> None:
+    """--debug: the whole traceback, formatted to text and redacted before it is printed."""
+    sys.stderr.write(redact_secrets("".join(traceback.format_exception(error))))
+    sys.stderr.flush()
+
+
 def main() -> None:
-    """Run the CLI. Any error prints one line and a hint (a traceback only with --debug):
-    exit code 2 for known errors (bad input, refused output), 1 for anything unexpected,
-    130 when interrupted."""
+    """Run the CLI. Any error prints one line and a hint (a traceback only with --debug, its
+    secrets redacted like the line's): exit code 2 for known errors (bad input, refused
+    output), 1 for anything unexpected, 130 when interrupted."""
     try:
         app()
     except PrefrouteError as e:
         if os.environ.get("PREFROUTE_DEBUG"):
-            raise
+            _print_traceback(e)
+            sys.exit(2)
         typer.secho(f"error: {_one_line(e)}", err=True, fg=typer.colors.RED)
         typer.echo("hint: run with --debug for a traceback, --help for usage", err=True)
         sys.exit(2)
@@ -87,7 +109,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence of a command-line tool
         if os.environ.get("PREFROUTE_DEBUG"):
-            raise
+            _print_traceback(e)
+            sys.exit(1)
         typer.secho(f"error: {type(e).__name__}: {_one_line(e)}", err=True, fg=typer.colors.RED)
         typer.echo(
             "hint: this input or situation is not handled cleanly; run with --debug for a "

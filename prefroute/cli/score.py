@@ -18,7 +18,8 @@ def score(
     prompts: Path = typer.Option(
         ...,
         "--prompts",
-        help="JSONL / CSV / Parquet (file or folder) with a prompt column, or text, one per line",
+        help="JSONL / CSV / Parquet with a prompt column, or text with one prompt per line: "
+        "a file, or a folder of files of one type (read in sorted name order)",
     ),
     out: Path = typer.Option(
         ...,

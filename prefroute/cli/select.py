@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from prefroute.errors import ConfigError
-from prefroute.io import atomic_write_text
+from prefroute.io import OutputError, atomic_write_text, check_output_file
 
 
 def select(
@@ -40,6 +40,8 @@ def select(
     seed: int = typer.Option(0, "--seed"),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="folder in the shared/data layout (--table)"),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="replace existing --out / --ids-out files"),
 ) -> None:
     """Pick --budget prompts to label: diverse, and uncertain for --router if given; with
     --labelled, where the two models are likely to disagree (ties teach a router nothing).
@@ -55,11 +57,12 @@ def select(
     if (pool is None) == (table is None):
         raise ConfigError("give exactly one of --pool (a prompts file) or --table (stored "
                           "outcomes)")
+    _check_outputs(out, ids_out, overwrite, [p for p in (pool, labelled, router) if p])
     if pool is not None:
         from data_aug.items import read_prompts
 
         items = read_prompts(pool)
-        ids, prompts = [it.prompt_id for it in items], [it.prompt for it in items]
+        ids, prompts = [it.item_id for it in items], [it.prompt for it in items]
     else:
         from prefroute.cli.common import resolve_data_dir
         from prefroute.data.outcomes import load_outcomes
@@ -94,6 +97,18 @@ def select(
         atomic_write_text(ids_out, "\n".join(ids[i] for i in picked.indices) + "\n")
     typer.echo(f"picked {len(picked.indices)} of {len(prompts)} prompts ({method}"
                f"{', router uncertainty' if probs is not None else ''}) -> {out}")
+
+
+def _check_outputs(out: Path, ids_out: Path | None, overwrite: bool,
+                   inputs: list[Path]) -> None:
+    """Before any work: --out and --ids-out are two different new files (or --overwrite),
+    neither of them an input."""
+    check_output_file(out, overwrite=overwrite, inputs=inputs)
+    if ids_out is None:
+        return
+    if ids_out.resolve() == out.resolve():
+        raise OutputError(f"--ids-out {ids_out} is also --out; give two different files")
+    check_output_file(ids_out, overwrite=overwrite, inputs=inputs, flag="--ids-out")
 
 
 def _with_labels(ids: list[str], prompts: list[str], labelled: Path) -> tuple:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,49 @@ SCHEMA = pa.schema(
 )
 
 
+MODEL_COLUMNS = ("model_a", "model_b")
+# rows of a dropped group named in the warning; the count covers the rest
+SHOWN_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where each battle was read: its file (None when unknown) and its true row there."""
+
+    files: np.ndarray  # object: one file name (or None) per battle
+    rows: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, n: int, file: str | None = None, rows: Sequence[int] | None = None) -> Origin:
+        numbers = np.arange(1, n + 1) if rows is None else np.asarray(rows, dtype=np.int64)
+        return cls(np.full(n, file, dtype=object), numbers)
+
+    def take(self, indices: np.ndarray) -> Origin:
+        return Origin(self.files[indices], self.rows[indices])
+
+    @staticmethod
+    def concat(parts: Sequence[Origin]) -> Origin:
+        return Origin(
+            np.concatenate([p.files for p in parts]), np.concatenate([p.rows for p in parts])
+        )
+
+    def describe(self, indices: np.ndarray) -> str:
+        """The first ``SHOWN_ROWS`` of ``indices``: "file a.csv, rows 4, 17; file b.csv, row 3"."""
+        groups: list[tuple[str | None, list[int]]] = []
+        for i in indices[:SHOWN_ROWS]:
+            file, row = self.files[i], int(self.rows[i])
+            if groups and groups[-1][0] == file:
+                groups[-1][1].append(row)
+            else:
+                groups.append((file, [row]))
+        text = "; ".join(
+            ("" if file is None else f"file {file}, ")
+            + ("row " if len(rows) == 1 else "rows ") + ", ".join(map(str, rows))
+            for file, rows in groups
+        )
+        return text + (", ..." if len(indices) > SHOWN_ROWS else "")
+
+
 def _validate_row(row: Mapping, index: int, file: str | None, text_ok: bool = False) -> dict:
     out = {}
     for field in REQUIRED_COLUMNS:
@@ -55,6 +100,9 @@ def _validate_row(row: Mapping, index: int, file: str | None, text_ok: bool = Fa
         out[field] = check_text(row[field], file=file, row=index, field=field)
     if not out["prompt"].strip():
         raise DataError("empty prompt", file=file, row=index, field="prompt")
+    for field in MODEL_COLUMNS:
+        if not out[field].strip():
+            raise DataError("empty model name", file=file, row=index, field=field)
     if out["winner"] not in WINNERS:
         raise DataError(
             f"unknown winner {out['winner']!r}; allowed: {list(WINNERS)}",
@@ -97,11 +145,13 @@ class Battles:
     1
     """
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, origin: Origin | None = None) -> None:
         missing = [c for c in SCHEMA.names if c not in table.column_names]
         if missing:
             raise DataError(f"battle table lacks columns {missing}")
         self.table = table.select(SCHEMA.names).cast(SCHEMA)
+        # the file and row of each battle, for reports of dropped rows (None: not known)
+        self.origin = origin if origin is not None and len(origin.rows) == len(table) else None
 
     # construction -------------------------------------------------------------------
     @classmethod
@@ -118,8 +168,11 @@ class Battles:
         numbers = row_numbers if row_numbers is not None else row_numbers_of(records)
         pairs = zip(numbers, records, strict=True) if numbers is not None else numbered(records)
         text_ok = getattr(records, "text_cells", False)
-        rows = [_validate_row(r, i, file, text_ok) for i, r in pairs]
-        return cls(pa.Table.from_pylist(rows, schema=SCHEMA))
+        rows, seen = [], []
+        for i, r in pairs:
+            rows.append(_validate_row(r, i, file, text_ok))
+            seen.append(i)
+        return cls(pa.Table.from_pylist(rows, schema=SCHEMA), Origin.of(len(rows), file, seen))
 
     @classmethod
     def from_columns(
@@ -168,7 +221,7 @@ class Battles:
                     raise DataError("cannot be stored", file=file, row=row,
                                     field=field.name) from None
         table = pa.Table.from_arrays(arrays, schema=SCHEMA)
-        battles = cls(table)
+        battles = cls(table, Origin.of(n, file, row_numbers))
         battles.validate(file=file, row_numbers=row_numbers)
         return battles
 
@@ -193,10 +246,13 @@ class Battles:
                 raise DataError(
                     "missing required field", file=file, row=true_row(row), field=field
                 )
-        empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t["prompt"])), 0)
-        if pc.any(empty).as_py():
-            row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
-            raise DataError("empty prompt", file=file, row=true_row(row), field="prompt")
+        for field, problem in (("prompt", "empty prompt"), *(
+            (name, "empty model name") for name in MODEL_COLUMNS
+        )):
+            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(t[field])), 0)
+            if pc.any(empty).as_py():
+                row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+                raise DataError(problem, file=file, row=true_row(row), field=field)
         bad = pc.invert(pc.is_in(t["winner"], value_set=pa.array(WINNERS)))
         if pc.any(bad).as_py():
             row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
@@ -294,16 +350,22 @@ class Battles:
         return sorted(pc.unique(both).to_pylist())
 
     def filter(self, mask: np.ndarray | pa.Array) -> Battles:
-        return Battles(self.table.filter(pa.array(np.asarray(mask, dtype=bool))))
+        mask = np.asarray(mask, dtype=bool)
+        return Battles(self.table.filter(pa.array(mask)), self._origin_of(np.flatnonzero(mask)))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> Battles:
-        return Battles(self.table.take(pa.array(np.asarray(indices, dtype=np.int64))))
+        indices = np.asarray(indices, dtype=np.int64)
+        return Battles(self.table.take(pa.array(indices)), self._origin_of(indices))
+
+    def _origin_of(self, indices: np.ndarray) -> Origin | None:
+        return None if self.origin is None else self.origin.take(indices)
 
     @staticmethod
     def concat(parts: Sequence[Battles]) -> Battles:
         if not parts:
             raise DataError("nothing to concatenate")
-        return Battles(pa.concat_tables([p.table for p in parts]).combine_chunks())
+        origin = Origin.concat([p.origin or Origin.of(len(p)) for p in parts])
+        return Battles(pa.concat_tables([p.table for p in parts]).combine_chunks(), origin)
 
     def split(self, test_size: float = 0.1, *, seed: int = 0) -> tuple[Battles, Battles]:
         """Random (train, test) split by row."""
@@ -315,7 +377,7 @@ class Battles:
     def with_column(self, name: str, values: Sequence) -> Battles:
         index = self.table.column_names.index(name)
         array = pa.array(values, type=SCHEMA.field(name).type, from_pandas=True)
-        return Battles(self.table.set_column(index, name, array))
+        return Battles(self.table.set_column(index, name, array), self.origin)
 
     def rename_models(self, mapping: Mapping[str, str]) -> Battles:
         """Replace model names (e.g. aliases to canonical names)."""
@@ -323,7 +385,7 @@ class Battles:
         for col in ("model_a", "model_b"):
             values = [mapping.get(m, m) for m in t[col].to_pylist()]
             t = t.set_column(t.column_names.index(col), col, pa.array(values, pa.string()))
-        return Battles(t)
+        return Battles(t, self.origin)
 
     def swap_sides(self, mask: np.ndarray) -> Battles:
         """Swap model_a and model_b (winner and p_b_wins follow) where ``mask`` is true."""
@@ -342,8 +404,15 @@ class Battles:
     def to_records(self) -> list[dict]:
         return self.table.to_pylist()
 
-    def log_filter(self, mask: np.ndarray, reason: str) -> Battles:
-        """Keep rows where ``mask`` is true and log how many were removed and why."""
-        removed = int((~np.asarray(mask, dtype=bool)).sum())
-        logger.info("%s: removed %d of %d battles", reason, removed, len(self))
+    def log_filter(self, mask: np.ndarray, reason: str, *, level: int = logging.INFO) -> Battles:
+        """Keep rows where ``mask`` is true; log the count removed, why, and the first rows:
+        "REASON: removed 3 of 40 battles (file b.csv, rows 4, 17, 52)". ``level`` applies
+        when rows are removed (a WARNING is shown without -v); removing none is INFO."""
+        dropped = np.flatnonzero(~np.asarray(mask, dtype=bool))
+        if len(dropped):
+            where = (self.origin or Origin.of(len(self))).describe(dropped)
+            logger.log(level, "%s: removed %d of %d battles (%s)", reason, len(dropped),
+                       len(self), where)
+        else:
+            logger.info("%s: removed 0 of %d battles", reason, len(self))
         return self.filter(mask)

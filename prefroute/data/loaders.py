@@ -235,13 +235,17 @@ def golden_battles(
     w = outcomes.column(weak)
     known = ~(np.isnan(s) | np.isnan(w))
     if (~known).any():
-        logger.info(
-            "golden %s: %d of %d items lack a result for %s or %s; skipped",
+        missing = np.flatnonzero(~known)
+        shown = ", ".join(str(outcomes.ids[i]) for i in missing[:5])
+        logger.warning(
+            "golden %s: %d of %d items lack a result for %s or %s; skipped (ids %s%s)",
             outcomes.name,
-            int((~known).sum()),
+            len(missing),
             len(outcomes),
             strong,
             weak,
+            shown,
+            ", ..." if len(missing) > 5 else "",
         )
     winner = np.where(s > w, "model_a", np.where(s < w, "model_b", "tie")).astype(object)
     keep = known.copy()

@@ -1,42 +1,19 @@
-"""Reading prompt files for scoring and calibration."""
+"""Reading prompt files for calibration: the scoring input layer, all in memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefroute._logging import logger
-from prefroute.data.tabular import iter_jsonl
-from prefroute.errors import DataError
-from prefroute.validate import check_text, decode_utf8
+READ_BATCH = 65_536
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a JSONL file (a ``prompt`` field per row) or plain text (one per line).
+def read_prompts(path: str | Path, prompt_field: str = "prompt") -> list[str]:
+    """Every prompt of a JSONL, CSV or Parquet file (its ``prompt_field``), or of a plain text
+    file (one per line; blank lines are not prompts), checked as ``prefroute score`` checks
+    them: a bad row is a DataError naming the file, the row and the field."""
+    from prefroute.scoring.inputs import iter_prompt_batches
 
-    Blank lines of a text file are not prompts; their count is logged.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", file=str(path))
     prompts: list[str] = []
-    if path.suffix.lower() in (".jsonl", ".json"):
-        for i, row in iter_jsonl(path):
-            if "prompt" not in row:
-                raise DataError("missing field", file=str(path), row=i, field="prompt")
-            prompt = check_text(row["prompt"], file=str(path), row=i, field="prompt")
-            if not prompt.strip():
-                raise DataError("empty or non-text prompt", file=str(path), row=i, field="prompt")
-            prompts.append(prompt)
-    else:
-        blank = 0
-        text = decode_utf8(path.read_bytes(), str(path))
-        for line in text.splitlines():
-            if line.strip():
-                prompts.append(line)
-            else:
-                blank += 1
-        if blank:
-            logger.info("%s: skipped %d blank lines", path, blank)
-    if not prompts:
-        raise DataError("no prompts found", file=str(path))
+    for batch in iter_prompt_batches(path, batch_size=READ_BATCH, prompt_field=prompt_field):
+        prompts.extend(batch.prompts.to_pylist())
     return prompts

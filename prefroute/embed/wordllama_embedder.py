@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from prefroute.errors import ConfigError, check_choice
 
 MATRYOSHKA_DIMS = (64, 128, 256, 512, 1024)
 DEFAULT_CONFIG = "l2_supercat"
+# a configuration is a plain name, never a path: it picks files inside the package only
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
 # One loaded model per (config, dim, max_tokens) and process: many routers share it.
 _MODELS: dict[tuple[str, int, int | None], Any] = {}
@@ -46,10 +49,41 @@ def wordllama_package_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _is_config_name(config: object) -> bool:
+    return isinstance(config, str) and _CONFIG_NAME.fullmatch(config) is not None
+
+
 def bundled_dims(config: str = DEFAULT_CONFIG) -> list[int]:
-    """Dimensions whose weights the installed wordllama wheel ships for ``config``."""
+    """Dimensions whose weights the installed wordllama wheel ships for ``config`` (none for
+    anything but a plain configuration name)."""
+    if not _is_config_name(config):
+        return []
     weights = wordllama_package_dir() / "weights"
     return [d for d in MATRYOSHKA_DIMS if (weights / f"{config}_{d}.safetensors").is_file()]
+
+
+def bundled_configs() -> list[str]:
+    """Configuration names whose weights and tokenizer the installed wordllama wheel ships."""
+    package = wordllama_package_dir()
+    names = set()
+    for path in (package / "weights").glob("*_*.safetensors"):
+        name, _, dim = path.stem.rpartition("_")
+        if _is_config_name(name) and dim.isdigit() and int(dim) in MATRYOSHKA_DIMS:
+            names.add(name)
+    tokenizers = package / "tokenizers"
+    return sorted(n for n in names if (tokenizers / f"{n}_tokenizer_config.json").is_file())
+
+
+def check_config(config: object) -> str:
+    """``config`` if it names a configuration the installed wheel ships, else ConfigError."""
+    shipped = bundled_configs()
+    if not _is_config_name(config) or config not in shipped:
+        raise ConfigError(
+            "The 'config' parameter of WordLlamaEmbedder must be the plain name of a "
+            f"configuration whose weights and tokenizer ship with the wordllama package "
+            f"({shipped}), not a path. Got {config!r} instead."
+        )
+    return config
 
 
 def clear_model_cache() -> None:
@@ -86,6 +120,7 @@ def _load_model(config: str, dim: int, max_tokens: int | None) -> Any:
         model = _MODELS.get(key)
         if model is not None:
             return model
+        check_config(config)  # only shipped names reach WordLlama.load (no paths, no Hub)
         package = wordllama_package_dir()
         stored = min(d for d in bundled_dims(config) if d >= dim)
         tokenizer_file = package / "tokenizers" / f"{config}_tokenizer_config.json"
@@ -114,7 +149,8 @@ class WordLlamaEmbedder(Embedder):
     ----------
     dim: 64, 128 or 256 (Matryoshka truncation of the bundled 256-d weights; 512 and 1024
         need weights the wheel does not ship).
-    config: the WordLlama configuration; only configurations bundled in the wheel load.
+    config: the WordLlama configuration: a plain name (letters, digits, ``_``, ``-``) of a
+        configuration whose weights and tokenizer the wheel ships; never a path.
     max_tokens: truncate each text to this many tokens (None: the whole text).
     segment_cache: tokenise batches through ``SegmentTokenizer``, which caches the tokens of
         each text segment it has seen (up to 2M segments, ~80 MB) and gives exactly the
@@ -135,13 +171,7 @@ class WordLlamaEmbedder(Embedder):
         segment_cache: bool = True,
     ) -> None:
         check_choice("dim", "WordLlamaEmbedder", dim, MATRYOSHKA_DIMS)
-        available = bundled_dims(config)
-        if not available:
-            raise ConfigError(
-                f"The 'config' parameter of WordLlamaEmbedder must name a configuration whose "
-                f"weights ship with the wordllama package ({DEFAULT_CONFIG!r}). "
-                f"Got {config!r} instead."
-            )
+        available = bundled_dims(check_config(config))
         if dim > max(available):
             raise ConfigError(
                 f"The 'dim' parameter of WordLlamaEmbedder must be at most {max(available)}: "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from prefroute._logging import logger
-from prefroute.data.decontaminate import find_contamination
+from prefroute.data.decontamination import find_contamination
 from prefroute.data.outcomes import (
     ROUTELLM_STRONG,
     ROUTELLM_WEAK,
@@ -373,6 +373,8 @@ def evaluate_router(
             train_fingerprints=training_fingerprints(router_or_probs),
         )
     pair_note = pair_mismatch(router_or_probs, eval_set)
+    if pair_note:
+        logger.warning("%s", pair_note)
     probs = router_probabilities(router_or_probs, eval_set)
     s, w = eval_set.strong_scores, eval_set.weak_scores
     if float(s.mean()) == float(w.mean()):
@@ -419,6 +421,5 @@ def pair_mismatch(router_or_probs: RouterLike, eval_set: EvalSet) -> str | None:
         return None
     note = (f"the router was trained for strong {strong!r} vs weak {weak!r}, but is evaluated "
             f"on {eval_set.strong_model!r} vs {eval_set.weak_model!r}")
-    logger.warning("%s", note)
     return note
 

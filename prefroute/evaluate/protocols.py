@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from prefroute._logging import logger
 from prefroute.data.aliases import ModelAliases
 from prefroute.data.battles import Battles
-from prefroute.data.decontaminate import decontaminate
+from prefroute.data.decontamination import decontaminate
 from prefroute.data.loaders import apply_aliases, golden_battles, load_source
 from prefroute.data.outcomes import ROUTELLM_STRONG, ROUTELLM_WEAK, OutcomeTable, load_outcomes
 from prefroute.embed.base import Embedder, build_embedder

@@ -5,6 +5,8 @@ with replay, or learns only a new model's vector (:mod:`prefroute.loop.mf_update
 router records where it came from in ``training["lineage"]``: one entry per update, naming
 the parent checkpoint by folder name and content digest and the added data by name, digest
 and size. Nothing in it is ever followed: it is a record for people, not a path to load.
+Likewise ``training["sources"]``: the names it records are provenance, never read again
+(replayed battles come only from files or named sources the user passes).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from prefroute.checkpoint import CONFIG_NAME, TENSORS_NAME
 from prefroute.data.battles import Battles
-from prefroute.errors import ConfigError
+from prefroute.errors import CheckpointError, ConfigError
 from prefroute.router import Router
 
 UPDATABLE = ("sw_bt", "mf")
@@ -46,6 +48,31 @@ def checkpoint_digest(directory: str | Path) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()
+
+
+def _where(parent: str | Path | None) -> str:
+    return "the router's" if parent is None else str(Path(parent) / CONFIG_NAME)
+
+
+def recorded_training(router: Router, parent: str | Path | None = None) -> dict[str, Any]:
+    """A copy of ``router.training`` with the lineage fields an update extends checked:
+    ``sources`` (names, never read), ``lineage`` (objects) and ``n_battles`` (a count)."""
+    where = _where(parent)
+    training = router.training or {}
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{where}: router.training must be an object")
+    training = dict(training)
+    sources = training.get("sources") or []
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise CheckpointError(f"{where}: router.training.sources must be a list of names")
+    lineage = training.get("lineage") or []
+    if not isinstance(lineage, list) or not all(isinstance(e, dict) for e in lineage):
+        raise CheckpointError(f"{where}: router.training.lineage must be a list of objects")
+    n_battles = training.get("n_battles") or 0
+    if isinstance(n_battles, bool) or not isinstance(n_battles, int) or n_battles < 0:
+        raise CheckpointError(f"{where}: router.training.n_battles must be a count, "
+                              f"got {n_battles!r}")
+    return {**training, "sources": sources, "lineage": lineage, "n_battles": n_battles}
 
 
 @dataclass
@@ -96,6 +123,7 @@ def update_router(
         for the added data, and the sources to add to ``training["sources"]``.
     """
     kind = router.router_type
+    training = recorded_training(router, parent)  # checked before any work
     if kind not in UPDATABLE:
         raise ConfigError(
             f"update supports {list(UPDATABLE)} routers; a {kind!r} router must be retrained "
@@ -145,10 +173,9 @@ def update_router(
         "n_replayed": n_replayed,
         "seconds": round(seconds, 4),
     }
-    training = dict(router.training or {})
-    training["lineage"] = [*training.get("lineage", []), entry]
-    training["sources"] = [*training.get("sources", []), *(data_sources or [])]
-    training["n_battles"] = int(training.get("n_battles") or 0) + len(battles)
+    training["lineage"] = [*training["lineage"], entry]
+    training["sources"] = [*training["sources"], *(data_sources or [])]
+    training["n_battles"] = training["n_battles"] + len(battles)
     # the threshold is kept, though an update moves the probabilities: recalibrate
     calibration = dict(router.calibration or {})
     calibration["stale"] = True

@@ -411,29 +411,33 @@ class MFRouter(WinPredictor):
         for key in ("models", "embedder"):
             if key not in extra:
                 raise CheckpointError(f"{where}: state lacks {key!r}")
-        models = extra["models"]
-        embedder = build_embedder(extra["embedder"])
+        self._check_loaded_params(where)
+        models = _checked_models(extra["models"], where)
+        _checked_embedder(self.embedder, where, "params.embedder")
+        embedder = _checked_embedder(extra["embedder"], where, "state.embedder")
         if embedder.needs_fit:
             embedder.load_state(Path(directory))
+        embedder_dim = _embedder_dim(embedder, where)
         P, W, w = tensors["P"], tensors["W"], tensors["w"]
         W_bias = tensors.get("W_bias")
         shapes_ok = (
-            P.ndim == 2 and P.shape[0] == len(models) and W.ndim == 2
-            and W.shape == (P.shape[1], embedder.dim) and w.shape == (P.shape[1],)
+            P.ndim == 2 and P.shape == (len(models), self.dim) and W.ndim == 2
+            and W.shape == (P.shape[1], embedder_dim) and w.shape == (P.shape[1],)
             and (W_bias is None or W_bias.shape == (P.shape[1],))
         )
         if not shapes_ok:
             raise CheckpointError(
                 f"{Path(directory)}: tensor shapes P {P.shape}, W {W.shape}, w {w.shape} do not "
-                f"match {len(models)} models and a {embedder.dim}-d embedder"
+                f"match {len(models)} models, dim {self.dim} and a {embedder_dim}-d embedder"
             )
         self.embedder_ = embedder
-        self.models_ = list(models)
+        self.models_ = models
         self.model_index_ = {m: i for i, m in enumerate(models)}
         self.P_, self.W_, self.w_, self.W_bias_ = P, W, w, W_bias
-        self.training_curve_ = extra.get("training_curve", {})
+        self.training_curve_ = _checked_curve(extra.get("training_curve", {}), where)
         self.best_epoch_ = self.training_curve_.get("best_epoch")
-        self.training_info_ = extra.get("training_info", {})
+        self.training_info_ = _checked_object(extra.get("training_info", {}), where,
+                                              "state.training_info")
         for role in ("strong_model", "weak_model"):
             if getattr(self, role) not in self.model_index_:
                 raise CheckpointError(
@@ -441,6 +445,106 @@ class MFRouter(WinPredictor):
                     f"models {models}"
                 )
         self._prepare_inference()
+
+    def _check_loaded_params(self, where: Path) -> None:
+        """The params a checkpoint sets pass the training checks and stay below sizes that
+        would exhaust a machine; a tampered config.json gets a CheckpointError."""
+        owner = type(self).__name__
+        try:
+            for name in ("lr", "weight_decay", "val_fraction", "embedding_noise"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"The '{name}' parameter of {owner} must be a number. "
+                                      f"Got {value!r} instead.")
+            self._check_params()
+            for name, (low, high) in _LOAD_LIMITS.items():
+                value = getattr(self, name)
+                if value is not None:
+                    check_range(name, owner, value, low=low, high=high)
+            check_int("seed", owner, self.seed, low=0)
+            check_choice("progress", owner, self.progress, (True, False))
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(f"{where}: params: {e}") from None
+
+
+# checkpoint validation: far above any real router, far below what exhausts a machine
+_LOAD_LIMITS: dict[str, tuple[float, float]] = {
+    "dim": (1, 1 << 16),
+    "epochs": (1, 1_000_000),
+    "batch_size": (1, 1 << 24),
+    "patience": (1, 1_000_000),
+    "torch_threads": (1, 1024),
+    "lr": (0.0, 1e3),
+    "weight_decay": (0.0, 1e3),
+    "embedding_noise": (0.0, 1e3),
+}
+
+
+def _checked_embedder(spec: Any, where: Path, field: str) -> Embedder:
+    """The embedder a checkpoint's ``spec`` builds, nested specs included; any bad value is
+    a CheckpointError naming config.json and ``field``."""
+    if isinstance(spec, str):
+        spec = {"name": spec, "params": {}}
+    if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
+        raise CheckpointError(
+            f"{where}: {field} must be an embedder name or {{'name': ..., 'params': {{...}}}}, "
+            f"got {type(spec).__name__}"
+        )
+    for key, value in spec.get("params", {}).items():
+        if isinstance(value, dict) and "name" in value:  # e.g. the features embedder's inner
+            _checked_embedder(value, where, f"{field}.params.{key}")
+    try:
+        return build_embedder(spec)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{where}: {field}: {e}") from None
+
+
+def _embedder_dim(embedder: Embedder, where: Path) -> int:
+    try:
+        return int(embedder.dim)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: state.embedder: {e}") from None
+
+
+def _checked_models(models: Any, where: Path) -> list[str]:
+    """state.models: a list of distinct, non-empty model names."""
+    if (
+        not isinstance(models, list)
+        or not all(isinstance(m, str) and m for m in models)
+        or len(set(models)) != len(models)
+    ):
+        raise CheckpointError(f"{where}: state.models must be a list of distinct model names")
+    return list(models)
+
+
+def _checked_object(value: Any, where: Path, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: {field} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_curve(curve: Any, where: Path) -> dict[str, Any]:
+    """state.training_curve: per-epoch losses (lists of numbers) and epoch numbers."""
+    _checked_object(curve, where, "state.training_curve")
+    for key in ("train_loss", "val_loss"):
+        losses = curve.get(key, [])
+        if not isinstance(losses, list) or not all(_is_number(v) for v in losses):
+            raise CheckpointError(
+                f"{where}: state.training_curve.{key} must be a list of numbers"
+            )
+    for key in ("best_epoch", "early_stopped_epoch"):
+        epoch = curve.get(key)
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
+                                  or epoch < 0):
+            raise CheckpointError(
+                f"{where}: state.training_curve.{key} must be an epoch number or null, "
+                f"got {epoch!r}"
+            )
+    return curve
 
 
 def plot_training_curve(

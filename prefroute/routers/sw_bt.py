@@ -73,6 +73,13 @@ _MAX_DENSE_ENTRIES = 1 << 24
 #: Batches up to this size compute cosines without BLAS (see ``SWBTRouter._cosines``).
 _FEW_QUERIES = 4
 _INDEX_PARAM_KEYS = ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search")
+# a loaded checkpoint's top_k, batch_size and index settings: far above any real router,
+# far below FAISS' int limit (ef_search is 2 top_k)
+_MAX_LOADED_SIZE = 1 << 24
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _distinct_codes(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
@@ -700,8 +707,9 @@ class SWBTRouter(WinPredictor):
                 raise CheckpointError(f"{where}: state lacks {key!r}")
         try:
             self._check_params()
+            self._check_load_limits()
             embedder = build_embedder(self.embedder)
-        except ConfigError as e:
+        except (ConfigError, TypeError) as e:
             raise CheckpointError(f"{where}: {e}") from None
         if embedder.spec() != extra["embedder"]:
             raise CheckpointError(
@@ -710,6 +718,10 @@ class SWBTRouter(WinPredictor):
             )
         if embedder.needs_fit:
             embedder.load_state(directory)
+        try:
+            embedder_dim = embedder.dim  # builds a nested embedder (features' inner)
+        except ConfigError as e:
+            raise CheckpointError(f"{where}: {e}") from None
         embeddings = tensors["prompt_embeddings"]
         n_groups = extra["n_groups"]
         group_of = extra["group_of_model"]
@@ -719,16 +731,18 @@ class SWBTRouter(WinPredictor):
         indices = tensors["pair_counts_indices"]
         data = tensors["pair_counts_data"]
         problems = []
-        if not isinstance(n, int) or n < 1:
+        if not _is_int(n) or n < 1:
             raise CheckpointError(f"{where}: n_prompts must be a positive int, got {n!r}")
-        if embeddings.dtype != np.float32 or embeddings.shape != (n, embedder.dim):
+        if embeddings.dtype != np.float32 or embeddings.shape != (n, embedder_dim):
             problems.append(
                 f"prompt_embeddings is {embeddings.dtype} {embeddings.shape}, "
-                f"expected float32 ({n}, {embedder.dim})"
+                f"expected float32 ({n}, {embedder_dim})"
             )
-        if not isinstance(n_groups, int) or n_groups < 1 or not isinstance(group_of, dict):
+        if not isinstance(group_of, dict) or not _is_int(n_groups) or n_groups < 1:
             problems.append("n_groups / group_of_model are malformed")
-        elif any(not isinstance(g, int) or not 0 <= g < n_groups for g in group_of.values()):
+        elif n_groups > len(group_of):  # each group (tier or model) holds a model
+            problems.append(f"n_groups {n_groups} exceeds the {len(group_of)} saved models")
+        elif any(not _is_int(g) or not 0 <= g < n_groups for g in group_of.values()):
             problems.append(f"group_of_model has groups outside [0, {n_groups})")
         if (
             pair_groups.ndim != 2
@@ -766,6 +780,8 @@ class SWBTRouter(WinPredictor):
                 )
         if extra["index_kind"] not in ("flat", "ivf", "hnsw"):
             problems.append(f"unknown index kind {extra['index_kind']!r}")
+        if not isinstance(extra.get("index_file"), (str, type(None))):
+            problems.append("index_file must be a file name or null")
         if problems:
             raise CheckpointError(f"{directory}: " + "; ".join(problems))
 
@@ -773,11 +789,14 @@ class SWBTRouter(WinPredictor):
         self.group_of_model_ = {str(m): int(g) for m, g in group_of.items()}
         self.n_groups_ = n_groups
         tiers, ratings = extra.get("tiers"), extra.get("ratings")
+        for key, value in (("tiers", tiers), ("ratings", ratings)):
+            if value is not None and not isinstance(value, dict):
+                raise CheckpointError(f"{where}: state.{key} must be an object or null")
         try:
             self.tiers_ = None if tiers is None else ModelTiers.from_dict(tiers)
             self.ratings_ = None if ratings is None else BTRatings.from_dict(ratings)
-        except DataError as e:
-            raise CheckpointError(f"{where}: {e}") from None
+        except (DataError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: state.tiers / state.ratings: {e}") from None
         counts = sparse.csr_matrix((data, indices, indptr), shape=(n, n_pairs))
         self._set_state(embeddings, counts, pair_groups, index_kind=extra["index_kind"])
         approximate = self.top_k is not None and self.index_kind_ != "flat"
@@ -788,6 +807,15 @@ class SWBTRouter(WinPredictor):
                 f"{extra.get('index_file')!r}"
             )
         self.index_ = self._read_index(directory / extra["index_file"]) if approximate else None
+
+    def _check_load_limits(self) -> None:
+        """Sizes a checkpoint sets stay below what exhausts a machine or overflows FAISS."""
+        owner = type(self).__name__
+        if self.top_k is not None:
+            check_range("top_k", owner, self.top_k, low=1, high=_MAX_LOADED_SIZE)
+        check_range("batch_size", owner, self.batch_size, low=1, high=_MAX_LOADED_SIZE)
+        for key, value in (self.index_params or {}).items():
+            check_range(f"index_params.{key}", owner, value, low=1, high=_MAX_LOADED_SIZE)
 
     def _read_index(self, path: Path) -> Any:
         import faiss

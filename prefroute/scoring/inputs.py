@@ -1,15 +1,22 @@
 """Prompt files read as a stream of record batches, so memory follows the batch size.
 
-JSON Lines, CSV, Parquet (a file or a folder of files) and plain text (one prompt per line).
-CSV and Parquet go through ``pyarrow.dataset``. JSON Lines is parsed line by line with orjson:
-pyarrow's JSON reader infers one type per column from the first block and reports row
-numbers relative to a block, and a bad line should be named by its true line number.
+JSON Lines, CSV, Parquet and plain text (one prompt per line), each as a file or as a folder
+of files of one type (read in sorted path order; names starting with ``.`` or ``_`` are
+skipped, as Parquet datasets skip ``_SUCCESS``). CSV and Parquet go through ``pyarrow``.
+JSON Lines is parsed line by line with orjson: pyarrow's JSON reader infers one type per
+column from the first block and reports row numbers relative to a block, and a bad line
+should be named by its true line number. A leading UTF-8 BOM is dropped in every text format.
+
+Ids (``id_field``) pass ``prefroute.validate.check_id``: a string or an int64 integer, of one
+kind in the whole input, copied byte for byte to the output.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from prefroute.errors import DataError
+from prefroute.validate import IdKinds, check_id, check_id_column, decode_line
 
 logger = logging.getLogger("prefroute.scoring")
 
@@ -35,7 +43,8 @@ class PromptBatch:
     """Consecutive input records: their prompts, their ids (or None) and row numbers.
 
     ``rows`` are the numbers an error names, counted as ``prefroute.validate`` does: the line
-    for JSON Lines and text, the CSV row with the header as row 1, the 1-based Parquet record.
+    for JSON Lines and text, the CSV row with the header as row 1, the 1-based Parquet record;
+    in a folder, within each file.
     """
 
     prompts: pa.Array
@@ -46,16 +55,42 @@ class PromptBatch:
         return len(self.prompts)
 
 
-def input_format(path: Path) -> str:
-    """The reader a path gets: from its suffix, or ``parquet`` for a folder."""
-    if path.is_dir():
-        return "parquet"
+def file_format(path: Path) -> str:
+    """The reader a file gets, from its suffix (anything unknown is plain text)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         return "jsonl"
     if suffix in (".csv", ".parquet"):
         return suffix[1:]
     return "text"
+
+
+def input_files(path: Path) -> list[Path]:
+    """``path`` itself, or the files of a folder in sorted order (hidden and ``_`` names
+    skipped); an empty folder is a DataError."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part[0] in "._" for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise DataError("the folder holds no input files", file=str(path))
+    return files
+
+
+def input_format(path: Path) -> str:
+    """The reader a path gets: from its suffix, or for a folder from its files' one suffix."""
+    files = input_files(path)
+    formats = {file_format(f): f for f in files}
+    if len(formats) > 1:
+        examples = ", ".join(f.name for f in formats.values())
+        raise DataError(
+            f"the folder mixes file types ({examples}); give a folder of one type "
+            "(JSONL, CSV, Parquet or text)",
+            file=str(path),
+        )
+    return next(iter(formats))
 
 
 def iter_prompt_batches(
@@ -68,24 +103,25 @@ def iter_prompt_batches(
 ) -> Iterator[PromptBatch]:
     """Batches of at most ``batch_size`` checked prompts from ``path``, in file order.
 
-    A missing field, or a prompt that is null, not text or blank, is a DataError naming the
-    file, the row and the field. ``limit`` stops after that many prompts.
+    A missing field, a prompt that is null, not text or blank, or a bad id (see
+    ``prefroute.validate.check_id``) is a DataError naming the file, the row and the field.
+    ``limit`` stops after that many prompts.
     """
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", file=str(path))
     fmt = input_format(path)
-    if fmt == "jsonl":
-        batches = _jsonl_batches(path, batch_size, prompt_field, id_field)
-    elif fmt == "text":
-        if id_field is not None:
-            raise DataError(
-                "a plain-text prompt file has no fields; --id-field needs JSONL, CSV or Parquet",
-                file=str(path),
-            )
-        batches = _text_batches(path, batch_size)
-    else:
-        batches = _arrow_batches(path, fmt, batch_size, prompt_field, id_field)
+    if fmt == "text" and id_field is not None:
+        raise DataError(
+            "a plain-text prompt file has no fields; --id-field needs JSONL, CSV or Parquet",
+            file=str(path),
+        )
+    kinds = IdKinds()
+    batches = (
+        batch
+        for file in input_files(path)
+        for batch in _file_batches(file, fmt, batch_size, prompt_field, id_field, kinds)
+    )
     seen = 0
     for batch in batches:
         if limit is not None and seen + len(batch) >= limit:
@@ -102,13 +138,24 @@ def iter_prompt_batches(
         raise DataError("no prompts found", file=str(path))
 
 
+def _file_batches(
+    path: Path, fmt: str, batch_size: int, prompt_field: str, id_field: str | None,
+    kinds: IdKinds,
+) -> Iterator[PromptBatch]:
+    if fmt == "jsonl":
+        return _jsonl_batches(path, batch_size, prompt_field, id_field, kinds)
+    if fmt == "text":
+        return _text_batches(path, batch_size)
+    return _arrow_batches(path, fmt, batch_size, prompt_field, id_field, kinds)
+
+
 def count_rows(path: Path) -> int | None:
     """Rows of a Parquet input from its metadata (None for formats that need a full read)."""
-    if input_format(path) != "parquet":
-        return None
     try:
+        if input_format(path) != "parquet":
+            return None
         return ds.dataset(path, format="parquet").count_rows()
-    except (pa.ArrowInvalid, OSError):
+    except (pa.ArrowInvalid, OSError, DataError):
         return None
 
 
@@ -123,31 +170,25 @@ def _bad_prompt(value: object) -> str | None:
 
 
 def _jsonl_batches(
-    path: Path, batch_size: int, prompt_field: str, id_field: str | None
+    path: Path, batch_size: int, prompt_field: str, id_field: str | None, kinds: IdKinds
 ) -> Iterator[PromptBatch]:
     name = str(path)
     prompts: list[str] = []
-    ids: list[object] = []
+    ids: list[int | str] = []
     rows: list[int] = []
 
     def flush() -> PromptBatch:
         id_array = None
         if id_field is not None:
-            try:
-                id_array = pa.array(ids)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                raise DataError(
-                    "ids of mixed types (e.g. numbers and strings) between rows "
-                    f"{rows[0]} and {rows[-1]}; use one type",
-                    file=name,
-                    field=id_field,
-                ) from None
+            id_array = pa.array(ids, pa.int64() if kinds.kind == "integer" else pa.string())
         batch = PromptBatch(pa.array(prompts, pa.string()), id_array, np.array(rows))
         prompts.clear(), ids.clear(), rows.clear()
         return batch
 
     with open(path, "rb") as handle:
         for line_no, line in enumerate(handle, start=1):
+            if line_no == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
             if not line.strip():
                 continue
             try:
@@ -163,9 +204,7 @@ def _jsonl_batches(
             if problem:
                 raise DataError(problem, file=name, row=line_no, field=prompt_field)
             if id_field is not None:
-                if id_field not in record:
-                    raise DataError("missing field", file=name, row=line_no, field=id_field)
-                ids.append(record[id_field])
+                ids.append(_jsonl_id(record, line, id_field, kinds, name, line_no))
             prompts.append(prompt)
             rows.append(line_no)
             if len(prompts) == batch_size:
@@ -174,18 +213,28 @@ def _jsonl_batches(
         yield flush()
 
 
+def _jsonl_id(
+    record: dict, line: bytes, field: str, kinds: IdKinds, file: str, row: int
+) -> int | str:
+    """The checked id of one JSON Lines record."""
+    if field not in record:
+        raise DataError("missing field", file=file, row=row, field=field)
+    value = record[field]
+    if isinstance(value, float):
+        # orjson reads integers beyond 64 bits as floats: name the number as written
+        value = json.loads(line)[field]
+    kinds.check(check_id(value, file=file, row=row, field=field), file=file, row=row,
+                field=field)
+    return value
+
+
 def _text_batches(path: Path, batch_size: int) -> Iterator[PromptBatch]:
     prompts: list[str] = []
     rows: list[int] = []
     blank = 0
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"not UTF-8 text ({e.reason})", file=str(path), row=line_no
-                ) from None
+            line = decode_line(raw, str(path), line_no).rstrip("\r\n")
             if not line.strip():
                 blank += 1
                 continue
@@ -201,7 +250,8 @@ def _text_batches(path: Path, batch_size: int) -> Iterator[PromptBatch]:
 
 
 def _arrow_batches(
-    path: Path, fmt: str, batch_size: int, prompt_field: str, id_field: str | None
+    path: Path, fmt: str, batch_size: int, prompt_field: str, id_field: str | None,
+    kinds: IdKinds,
 ) -> Iterator[PromptBatch]:
     name = str(path)
     columns = [prompt_field] + ([id_field] if id_field and id_field != prompt_field else [])
@@ -235,7 +285,7 @@ def _arrow_batches(
     else:
         # the dataset scanner decodes a Parquet file's row groups ahead of the consumer (peak
         # RSS grew ~0.3 GB per million rows); ParquetFile.iter_batches holds one at a time
-        scanner = _parquet_batches(dataset.files, columns, batch_size)
+        scanner = _parquet_batches(path, columns, batch_size)
     while True:
         try:
             record_batch = next(scanner)
@@ -249,21 +299,27 @@ def _arrow_batches(
             continue
         prompts = record_batch.column(prompt_field)
         _check_prompt_column(prompts, name, start, prompt_field)
-        ids = record_batch.column(id_field) if id_field else None
+        if pa.types.is_large_string(prompts.type):  # one output schema for every file
+            prompts = prompts.cast(pa.string())
+        ids = None
+        if id_field:
+            ids = check_id_column(
+                record_batch.column(id_field), file=name, first_row=start, field=id_field,
+                kinds=kinds,
+            )
         rows = np.arange(start, start + record_batch.num_rows)
         start += record_batch.num_rows
         yield PromptBatch(prompts, ids, rows)
 
 
 def _parquet_batches(
-    files: list[str], columns: list[str], batch_size: int
+    path: Path, columns: list[str], batch_size: int
 ) -> Iterator[pa.RecordBatch]:
-    for file in files:
-        # pre_buffer (pyarrow's default) keeps every row group's read cache until the file is
-        # closed: Arrow memory grew 0.32 GB per million 500-character prompts. Plain buffered
-        # reads hold one 1 MiB buffer and one row group at a time.
-        with pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20) as parquet:
-            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+    # pre_buffer (pyarrow's default) keeps every row group's read cache until the file is
+    # closed: Arrow memory grew 0.32 GB per million 500-character prompts. Plain buffered
+    # reads hold one 1 MiB buffer and one row group at a time.
+    with pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20) as parquet:
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
 def _check_prompt_column(prompts: pa.Array, name: str, start: int, field: str) -> None:

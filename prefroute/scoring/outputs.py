@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from prefroute.errors import ConfigError
 from prefroute.io import OutputError, atomic_write
+from prefroute.validate import check_id_column
 
 OUTPUT_FORMATS = ("jsonl", "csv", "parquet")
 SCORE_COLUMNS = ("prompt", "strong_win_prob", "routed_to", "side", "threshold")
@@ -42,11 +43,16 @@ class Decision:
 def score_table(
     prompts: pa.Array, ids: pa.Array | None, probs: np.ndarray, decision: Decision
 ) -> pa.Table:
-    """One output row per prompt: [id], [prompt], strong_win_prob, routed_to, [side, threshold]."""
+    """One output row per prompt: [id], [prompt], strong_win_prob, routed_to, [side, threshold].
+
+    Ids are written as int64 or text, so every output format holds them exactly as read; any
+    other id type (a float, a null) is a DataError rather than a changed id.
+    """
     strong = probs >= decision.threshold
     columns: dict[str, pa.Array] = {}
     if ids is not None and decision.id_field is not None:
-        columns[decision.id_field] = ids
+        field = decision.id_field
+        columns[field] = check_id_column(ids, file=None, first_row=None, field=field)
     if decision.with_prompt and decision.id_field != "prompt":
         columns["prompt"] = prompts
     columns["strong_win_prob"] = pa.array(probs, pa.float64())
