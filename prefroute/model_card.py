@@ -8,42 +8,76 @@ rewritten whenever the router section changes and never disagrees with the check
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
-from prefroute.checkpoint import read_config
+from prefroute.checkpoint import CONFIG_NAME, read_config
+from prefroute.errors import CheckpointError
 from prefroute.io import atomic_write_text
 
 CARD_NAME = "README.md"
 
 
-def card_facts(config: dict[str, Any]) -> dict[str, Any]:
-    """The facts a card shows, from a checkpoint's config (missing ones are None)."""
-    params = config.get("params") or {}
-    state = config.get("state") or {}
-    router = config.get("router") or {}
+def printable(value: Any) -> str:
+    """``str(value)`` with control and format characters escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``), so a string from a checkpoint cannot add lines or terminal codes."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch == " " or unicodedata.category(ch)[0] not in "CZ"
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def _checked_sections(config: dict[str, Any], where: str) -> tuple[dict, dict, dict]:
+    """(params, state, router) of a config, each an object; router.training, .calibration
+    and .evaluation of the shapes the card reads (else a CheckpointError naming them)."""
+    from prefroute.router import checked_calibration, checked_object, checked_training
+
+    params, state, router = (checked_object(config.get(key) or {}, where, key)
+                             for key in ("params", "state", "router"))
+    checked_training(router.get("training"), where)
+    checked_calibration(router.get("calibration"), where)
+    evaluation = router.get("evaluation") or []
+    if not isinstance(evaluation, list) or not all(isinstance(e, dict) for e in evaluation):
+        raise CheckpointError(f"{where}: router.evaluation is not a list of objects")
+    return params, state, router
+
+
+def card_facts(config: dict[str, Any], where: str | Path = CONFIG_NAME) -> dict[str, Any]:
+    """The facts a card shows, from a checkpoint's config (missing ones are None); strings
+    from the checkpoint are escaped by ``printable``."""
+    params, state, router = _checked_sections(config, str(where))
     calibration = router.get("calibration") or {}
     training = router.get("training") or {}
     embedder = state.get("embedder") or params.get("embedder")
     if isinstance(embedder, dict):
         embedder = embedder.get("name")
+    count = calibration.get("n_prompts")
     return {
-        "router_type": config.get("type"),
-        "strong_model": router.get("strong_model") or params.get("strong_model"),
-        "weak_model": router.get("weak_model") or params.get("weak_model"),
-        "embedder": embedder if isinstance(embedder, str) else None,
-        "training_sources": list(training.get("sources") or []),
+        "router_type": printable(config.get("type")),
+        "strong_model": _text(router.get("strong_model") or params.get("strong_model")),
+        "weak_model": _text(router.get("weak_model") or params.get("weak_model")),
+        "embedder": printable(embedder) if isinstance(embedder, str) else None,
+        "training_sources": [printable(s) for s in training.get("sources") or []],
         "training_battles": training.get("n_battles"),
         "threshold": router.get("threshold"),
-        "calibration_method": calibration.get("method"),
+        "calibration_method": _text(calibration.get("method")),
         "calibration_target_strong_rate": calibration.get("target_strong_rate"),
         "calibration_realised_strong_rate": calibration.get("realised_strong_rate"),
-        "calibration_prompts": calibration.get("n_prompts"),
+        "calibration_prompts": count if isinstance(count, int) else 0,
         "calibration_score_range": calibration.get("score_range") or None,
         "calibration_budget": calibration.get("budget") or None,
         "rate_names": bool(calibration.get("rate_thresholds")),
         "evaluation": list(router.get("evaluation") or []),
     }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else printable(value)
 
 
 def _pct(value: Any) -> str:
@@ -69,7 +103,8 @@ def evaluation_rows(evaluation: list[dict[str, Any]]) -> list[str]:
         )
         cpt50 = e.get("cpt_50")
         rows.append(
-            f"| {e.get('benchmark')} | {e.get('protocol', 'n/a')} | {e.get('n_prompts', 'n/a')} "
+            f"| {printable(e.get('benchmark'))} | {printable(e.get('protocol', 'n/a'))} "
+            f"| {printable(e.get('n_prompts', 'n/a'))} "
             f"| {_number(e.get('apgr'), '.3f')}{interval} | {_number(e.get('random_apgr'), '.3f')} "
             f"| {_number(e.get('oracle_apgr'), '.3f')} "
             f"| {'not reached' if cpt50 is None else _pct(cpt50 / 100)} |"
@@ -77,9 +112,10 @@ def evaluation_rows(evaluation: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def render_model_card(config: dict[str, Any], name: str = "this router") -> str:
-    """The README.md text for a checkpoint config."""
-    f = card_facts(config)
+def render_model_card(config: dict[str, Any], name: str = "this router",
+                      where: str | Path = CONFIG_NAME) -> str:
+    """The README.md text for a checkpoint config (``where``: its path, for errors)."""
+    f = card_facts(config, where)
     sources = ", ".join(f"`{s}`" for s in f["training_sources"]) or "not recorded"
     battles = f"{f['training_battles']:,}" if isinstance(f["training_battles"], int) else "n/a"
     lines = [
@@ -172,17 +208,17 @@ def write_model_card(directory: str | Path, name: str | None = None) -> Path:
     """Render ``README.md`` into a checkpoint folder from its config.json (atomically)."""
     directory = Path(directory)
     config = read_config(directory)
-    text = render_model_card(config, name or str(directory))
+    text = render_model_card(config, name or str(directory), directory / CONFIG_NAME)
     return atomic_write_text(directory / CARD_NAME, text)
 
 
 def describe_checkpoint(directory: str | Path) -> str:
     """The card's facts as plain text lines (``prefroute info``)."""
     directory = Path(directory)
-    f = card_facts(read_config(directory))
+    f = card_facts(read_config(directory), directory / CONFIG_NAME)
     battles = f["training_battles"]
     lines = [
-        f"checkpoint:       {directory}",
+        f"checkpoint:       {printable(directory)}",
         f"router:           {f['router_type']} (embedder: {f['embedder'] or 'none'})",
         f"strong model:     {f['strong_model']}",
         f"weak model:       {f['weak_model']}",
@@ -211,7 +247,7 @@ def describe_checkpoint(directory: str | Path) -> str:
     files = sorted(p for p in directory.iterdir() if p.is_file())
     lines.append(
         "files:            "
-        + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.2f} MB)" for p in files)
+        + ", ".join(f"{printable(p.name)} ({p.stat().st_size / 1e6:.2f} MB)" for p in files)
     )
     if not (directory / CARD_NAME).exists():
         lines.append(f"note: no {CARD_NAME} model card (saved by an older prefroute)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,16 +164,15 @@ class Router:
                 f"{Path(directory) / 'config.json'}: router.threshold must be a number in "
                 f"[0, 1], got {threshold!r}"
             )
+        where = Path(directory) / "config.json"
         evaluation = section.get("evaluation") or []
         if not isinstance(evaluation, list) or not all(isinstance(e, dict) for e in evaluation):
-            raise CheckpointError(
-                f"{Path(directory) / 'config.json'}: router.evaluation is not a list of objects"
-            )
+            raise CheckpointError(f"{where}: router.evaluation is not a list of objects")
         return cls(
             predictor,
             float(threshold),
-            section.get("calibration"),
-            section.get("training"),
+            checked_calibration(section.get("calibration"), where),
+            checked_training(section.get("training"), where),
             evaluation,
         )
 
@@ -218,3 +218,169 @@ def make_router(name: str, *, strong_model: str, weak_model: str, **params: Any)
 
 def _finite_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+# checkpoint state checks: shared by every loader, so a tampered config.json or tensor file
+# fails with one CheckpointError naming the file and the key ----------------------------------
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def checked_object(value: Any, where: str | Path, field: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else a CheckpointError naming ``field``."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: {field} must be an object, got {_type_name(value)}")
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def checked_count(value: Any, where: str | Path, field: str, *, low: int = 0,
+                  high: int = 1 << 40, optional: bool = False) -> int | None:
+    """``value`` as an int in [low, high] (or None when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CheckpointError(
+            f"{where}: {field} must be an int from {low} to {high:,}, got {value!r:.80}")
+    return value
+
+
+def checked_names(value: Any, where: str | Path, field: str, *, low: int = 1,
+                  high: int = 1 << 20) -> list[str]:
+    """A list of ``low``..``high`` distinct, non-empty strings."""
+    if (not isinstance(value, list) or not low <= len(value) <= high
+            or not all(isinstance(v, str) and v for v in value)
+            or len(set(value)) != len(value)):
+        raise CheckpointError(
+            f"{where}: {field} must be a list of {low} to {high:,} distinct non-empty names")
+    return list(value)
+
+
+def checked_tensor(tensors: dict[str, np.ndarray], name: str, where: str | Path,
+                   shape: tuple[int | None, ...], *, finite: bool = True) -> np.ndarray:
+    """Tensor ``name`` as float64: present, real-valued, of ``shape`` (None: any size), and
+    finite (unless ``finite=False``: NaN, meaning unknown, is then allowed; never inf)."""
+    array = tensors.get(name)
+    ok = (isinstance(array, np.ndarray) and array.dtype.kind in "fiu"
+          and array.ndim == len(shape)
+          and all(want is None or got == want for got, want in zip(array.shape, shape,
+                                                                      strict=True)))
+    if not ok:
+        got = "missing" if array is None else f"{getattr(array, 'dtype', '?')} {np.shape(array)}"
+        wanted = tuple("any" if d is None else d for d in shape)
+        raise CheckpointError(f"{where}: tensor {name!r} must be a real-valued array of shape "
+                              f"{wanted}, got {got}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array[~np.isnan(array)] if not finite else array).all():
+        raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinite values")
+    return array
+
+
+def checked_training(value: Any, where: str | Path) -> dict[str, Any]:
+    """router.training: an object whose sources, n_battles and lineage have their types."""
+    training = checked_object(value or {}, where, "router.training")
+    sources = training.get("sources") or []
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise CheckpointError(f"{where}: router.training.sources must be a list of names")
+    checked_count(training.get("n_battles"), where, "router.training.n_battles",
+                  optional=True)
+    lineage = training.get("lineage") or []
+    if not isinstance(lineage, list) or not all(isinstance(e, dict) for e in lineage):
+        raise CheckpointError(f"{where}: router.training.lineage must be a list of objects")
+    return training
+
+
+_CALIBRATION_NUMBERS = ("threshold", "target_strong_rate", "realised_strong_rate",
+                        "cost_per_1k_requests")
+
+
+def checked_calibration(value: Any, where: str | Path) -> dict[str, Any] | None:
+    """router.calibration: None or an object with the fields ``Calibration`` writes."""
+    if value is None:
+        return None
+    calibration = checked_object(value, where, "router.calibration")
+    field = "router.calibration"
+    if not isinstance(calibration.get("method", ""), str):
+        raise CheckpointError(f"{where}: {field}.method must be a string")
+    for key in _CALIBRATION_NUMBERS:
+        if calibration.get(key) is not None and not is_number(calibration[key]):
+            raise CheckpointError(f"{where}: {field}.{key} must be a finite number")
+    checked_count(calibration.get("n_prompts"), where, f"{field}.n_prompts", optional=True)
+    checked_object(calibration.get("budget") or {}, where, f"{field}.budget")
+    for key, sizes in (("rate_thresholds", None), ("score_range", (0, 2))):
+        numbers = calibration.get(key) or []
+        if (not isinstance(numbers, list) or not all(is_number(v) for v in numbers)
+                or (sizes is not None and len(numbers) not in sizes)):
+            raise CheckpointError(f"{where}: {field}.{key} must be a list of finite numbers"
+                                  + ("" if sizes is None else " (empty, or low and high)"))
+    return calibration
+
+
+#: what a loader turns into a CheckpointError: the errors a malformed value raises in code
+#: that trusted it (the project's own errors pass through unchanged)
+MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError, OverflowError,
+             MemoryError)
+
+
+def checkpoint_embedder(spec: Any, saved_spec: Any, directory: str | Path) -> tuple[Any, int]:
+    """(embedder, its dimension) for a checkpoint whose ``params.embedder`` is ``spec`` and
+    ``state.embedder`` is ``saved_spec``; any malformed spec is a CheckpointError."""
+    from prefroute.errors import PrefrouteError
+    from prefroute.routers.embedding_io import reloaded_embedder
+
+    where = Path(directory) / "config.json"
+    for field, value in (("params.embedder", spec), ("state.embedder", saved_spec)):
+        if not isinstance(value, (str, dict)) or (
+                isinstance(value, dict) and not isinstance(value.get("params", {}), dict)):
+            raise CheckpointError(f"{where}: {field} must be an embedder name or "
+                                  f"{{'name': ..., 'params': {{...}}}}, got {_type_name(value)}")
+    try:
+        embedder = reloaded_embedder(spec, saved_spec, Path(directory))
+        return embedder, int(embedder.dim)
+    except PrefrouteError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{where}: embedder: {e}") from None
+    except MALFORMED as e:
+        raise CheckpointError(f"{where}: params.embedder: {type(e).__name__}: {e}") from None
+
+
+def check_loaded_params(predictor: Any, where: str | Path) -> None:
+    """Run ``predictor._check_params()`` on the parameters a checkpoint set; a bad one is a
+    CheckpointError naming ``where`` (before any weights are read)."""
+    try:
+        predictor._check_params()
+    except (ConfigError, *MALFORMED) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{where}: params: {e}") from None
+
+
+def check_hf_files(folder: Path, where: str | Path) -> None:
+    """A saved Hugging Face folder's tokenizer_config.json may name its own files only: a
+    ``*_file`` value that is a path (``/``, ``\\``, ``..``) would be opened outside it."""
+    import json
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    for key, value in config.items():
+        if str(key).endswith(("_file", "_files", "_path", "_dir")) and isinstance(value, str) \
+                and ("/" in value or "\\" in value or ".." in value or "\x00" in value):
+            raise CheckpointError(f"{path}: {key} {value!r:.200} names a file outside the "
+                                  f"checkpoint folder (see {where}); refused")

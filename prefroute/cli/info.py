@@ -6,6 +6,8 @@ prints the members, their weights and the out-of-fold table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -35,4 +37,4 @@ def info(
     if config["type"] == "auto":
         from prefroute.routers.auto import describe_auto
 
-        typer.echo(describe_auto(config))
+        typer.echo(describe_auto(config, str(Path(folder) / "config.json")))

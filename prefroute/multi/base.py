@@ -32,11 +32,13 @@ from prefroute.checkpoint import (
 from prefroute.checkpoint_policy import LoadOptions, sanitize_config
 from prefroute.data.outcomes import OutcomeTable
 from prefroute.embed.base import spec_if_embedder
-from prefroute.errors import CheckpointError, ConfigError, DataError
+from prefroute.errors import CheckpointError, ConfigError, DataError, PrefrouteError
 from prefroute.multi.labels import MultiLabels, labels_from_outcomes
+from prefroute.router import MALFORMED, checked_count, checked_names
 
 MULTI_ROUTERS: dict[str, type[MultiRouter]] = {}
 EMBEDDER_STATE_DIR = "embedder"
+MAX_MODELS = 10_000  # routed models a checkpoint may list
 
 
 def register_multi_router(cls: type[MultiRouter]) -> type[MultiRouter]:
@@ -252,21 +254,36 @@ class MultiRouter(ABC):
                 f"{directory / 'config.json'}: parameters {unknown} are not parameters of "
                 f"{klass.__name__} (saved by another version?)"
             )
-        models = state.get("models")
-        if not isinstance(models, list) or len(models) < 2:
-            raise CheckpointError(
-                f"{directory / 'config.json'}: state.models must list the routed models"
-            )
+        where = directory / "config.json"
+        models = checked_names(state.get("models"), where, "state.models", low=2,
+                               high=MAX_MODELS)
         try:
             router = klass(**params)
+            router._check_loaded_params()
         except (ConfigError, TypeError) as e:
-            raise CheckpointError(f"{directory / 'config.json'}: params: {e}") from None
+            raise CheckpointError(f"{where}: params: {e}") from None
         extra = {k: v for k, v in state.items() if k != "models"}
-        tensors = load_tensors(directory, router._expected_tensors(extra))
-        router.models_ = list(models)
-        router._load_state(tensors, extra, directory)
+        router.models_ = models
+        try:
+            tensors = load_tensors(directory, router._expected_tensors(extra))
+            router._load_state(tensors, extra, directory)
+        except MALFORMED as e:  # a value no check above foresaw: still one clear error
+            if isinstance(e, PrefrouteError):
+                raise
+            raise CheckpointError(f"{where}: state: {type(e).__name__}: {e}") from None
         router.fitted_ = True
         return router
+
+    def _check_loaded_params(self) -> None:
+        """Check the parameters a checkpoint sets (ConfigError / TypeError when bad)."""
+        check = getattr(self, "_check_params", None)
+        if check is not None:
+            check()
+
+    def _loaded_epoch(self, extra: dict[str, Any], directory: Path) -> int | None:
+        """state.best_epoch: an epoch number or None."""
+        return checked_count(extra.get("best_epoch"), directory / "config.json",
+                             "state.best_epoch", optional=True)
 
 
 class EmbeddingRouter(MultiRouter):
@@ -302,22 +319,37 @@ class EmbeddingRouter(MultiRouter):
         if self.embedder_.needs_fit:
             self.embedder_.save_state(directory / EMBEDDER_STATE_DIR)
 
-    def _load_embedder(self, extra: dict[str, Any], directory: Path) -> None:
+    def _load_embedder(self, extra: dict[str, Any], directory: Path) -> int:
+        """Rebuild the saved embedder; returns its dimension (what the tensors must match)."""
         from prefroute.embed import build_embedder
 
+        where = directory / "config.json"
         spec = extra.get("embedder_spec")
-        if not isinstance(spec, dict):
-            raise CheckpointError(f"{directory / 'config.json'}: state.embedder_spec is missing")
-        embedder = build_embedder(spec)
-        if embedder.needs_fit:
-            embedder.load_state(directory / EMBEDDER_STATE_DIR)
-        if "embedding_dim" in extra and embedder.dim != extra["embedding_dim"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
+            raise CheckpointError(f"{where}: state.embedder_spec must be an embedder spec "
+                                  "{'name': ..., 'params': {...}}")
+        try:
+            embedder = build_embedder(spec)
+            if embedder.needs_fit:
+                embedder.load_state(directory / EMBEDDER_STATE_DIR)
+            dim = int(embedder.dim)
+        except PrefrouteError as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{where}: state.embedder_spec: {e}") from None
+        except MALFORMED as e:
+            raise CheckpointError(f"{where}: state.embedder_spec: {type(e).__name__}: {e}"
+                                  ) from None
+        saved_dim = checked_count(extra.get("embedding_dim", dim), where, "state.embedding_dim",
+                                  low=1)
+        if dim != saved_dim:
             raise CheckpointError(
-                f"{directory}: the embedder makes {embedder.dim}-d vectors; the router was "
-                f"trained on {extra['embedding_dim']}-d ones"
+                f"{directory}: the embedder makes {dim}-d vectors; the router was "
+                f"trained on {saved_dim}-d ones"
             )
         self.embedder_ = embedder
         self.embedder_spec_ = spec
+        return dim
 
 
 def _checked_prompts(prompts: Sequence[str] | str) -> list[str]:

@@ -27,6 +27,9 @@ from prefroute.multi.base import (
     register_multi_router,
     split_validation,
 )
+from prefroute.router import checked_count, checked_tensor, is_number
+
+MAX_LAYERS = 64  # hidden layers a checkpoint may hold
 
 
 def masked_bce(logits: Any, labels: Any, mask: Any) -> Any:
@@ -213,18 +216,27 @@ class MLCRouter(EmbeddingRouter):
             "best_epoch": self.best_epoch_,
         }
 
-    def _expected_tensors(self, extra: dict[str, Any]) -> list[str]:
-        n = int(extra.get("n_layers", 2))
+    def _expected_tensors(self, extra: dict[str, Any]) -> list[str] | None:
+        n = extra.get("n_layers", 2)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LAYERS:
+            return None  # _load_state refuses it, naming the checkpoint
         return [f"layer{i}.{kind}" for i in range(n) for kind in ("weight", "bias")]
 
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
-        self._load_embedder(extra, directory)
-        n = int(extra["n_layers"])
-        self.weights_ = [tensors[f"layer{i}.weight"] for i in range(n)]
-        self.biases_ = [tensors[f"layer{i}.bias"] for i in range(n)]
-        self.best_epoch_ = extra.get("best_epoch")
+        where = directory / "config.json"
+        width = self._load_embedder(extra, directory)
+        n = checked_count(extra.get("n_layers"), where, "state.n_layers", low=1,
+                          high=MAX_LAYERS)
+        self.weights_, self.biases_ = [], []
+        for i in range(n):  # each layer maps the previous width; the last one to N models
+            out = len(self.models_) if i == n - 1 else None
+            W = checked_tensor(tensors, f"layer{i}.weight", where, (out, width))
+            self.weights_.append(W)
+            self.biases_.append(checked_tensor(tensors, f"layer{i}.bias", where, (W.shape[0],)))
+            width = W.shape[0]
+        self.best_epoch_ = self._loaded_epoch(extra, directory)
 
 
 @register_multi_router
@@ -258,10 +270,11 @@ class SCRouter(EmbeddingRouter):
         self.class_weight = class_weight
         self.max_iter = max_iter
 
-    def _fit(self, prompts: list[str], labels: np.ndarray) -> None:
-        from sklearn.linear_model import LogisticRegression
-
+    def _check_params(self) -> None:
         owner = type(self).__name__
+        if not is_number(self.C):
+            raise ConfigError(f"The 'C' parameter of {owner} must be a finite number. "
+                              f"Got {self.C!r:.80} instead.")
         check_range("C", owner, self.C, low=0.0, low_inclusive=False)
         check_int("max_iter", owner, self.max_iter)
         if self.class_weight not in (None, "balanced"):
@@ -269,6 +282,11 @@ class SCRouter(EmbeddingRouter):
                 f"The 'class_weight' parameter of {owner} must be None or 'balanced'. "
                 f"Got {self.class_weight!r} instead."
             )
+
+    def _fit(self, prompts: list[str], labels: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self._check_params()
         X = self._fit_embedder(prompts).astype(np.float64)
         n_models = labels.shape[1]
         coef = np.zeros((n_models, X.shape[1]))
@@ -313,6 +331,7 @@ class SCRouter(EmbeddingRouter):
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
-        self._load_embedder(extra, directory)
-        self.coef_ = tensors["coef"]
-        self.intercept_ = tensors["intercept"]
+        where = directory / "config.json"
+        dim = self._load_embedder(extra, directory)
+        self.coef_ = checked_tensor(tensors, "coef", where, (len(self.models_), dim))
+        self.intercept_ = checked_tensor(tensors, "intercept", where, (len(self.models_),))

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from prefroute._logging import logger
-from prefroute.errors import check_int, check_range
+from prefroute.errors import CheckpointError, check_int, check_range
 from prefroute.multi.base import EmbeddingRouter, masked_mean, register_multi_router
+from prefroute.router import checked_tensor
 
 
 def nearest_centroid(X: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -101,10 +102,16 @@ class KMeansRouter(EmbeddingRouter):
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
-        self._load_embedder(extra, directory)
-        self.centroids_ = tensors["centroids"]
-        self.cluster_scores_ = tensors["cluster_scores"]
-        self.cluster_sizes_ = tensors["cluster_sizes"]
+        where = directory / "config.json"
+        dim = self._load_embedder(extra, directory)
+        self.centroids_ = checked_tensor(tensors, "centroids", where, (None, dim))
+        k = self.centroids_.shape[0]
+        self.cluster_scores_ = checked_tensor(tensors, "cluster_scores", where,
+                                              (k, len(self.models_)))
+        self.cluster_sizes_ = checked_tensor(tensors, "cluster_sizes", where, (k,)).astype(
+            np.int64)
+        if k < 1:
+            raise CheckpointError(f"{where}: tensor 'centroids' holds no cluster")
 
 
 def cluster_accuracy(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from prefroute._logging import logger
 from prefroute._torch_util import torch_threads
+from prefroute.checkpoint import inside
 from prefroute.errors import CheckpointError, ConfigError, check_int, check_range
 from prefroute.multi.base import (
     MultiRouter,
@@ -30,6 +32,7 @@ from prefroute.multi.base import (
     split_validation,
 )
 from prefroute.multi.classifiers import label_tensors, masked_bce
+from prefroute.router import checked_tensor
 
 ENCODER_DIR = "encoder"
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
@@ -49,6 +52,15 @@ def resolve_encoder_path(model_path: str) -> Path:
             f"Got {model_path!r} instead."
         )
     return path
+
+
+def _encoder_folder(directory: Path, name: Any) -> Path:
+    """The encoder folder state.encoder_dir names, inside the checkpoint (sanitize_config
+    gives it resolved, as an absolute path inside; anything else is refused)."""
+    if isinstance(name, str) and Path(name).is_absolute():
+        with contextlib.suppress(ValueError):  # outside: inside() refuses it
+            name = str(Path(name).relative_to(Path(directory).resolve()))
+    return inside(directory, name, field="state.encoder_dir")
 
 
 @contextlib.contextmanager
@@ -132,6 +144,11 @@ class EncoderMLCRouter(MultiRouter):
             "val_fraction", owner, self.val_fraction, low=0.0, high=1.0, high_inclusive=False
         )
         resolve_encoder_path(self.model_path)
+        if self.device not in ("auto", "cpu", "cuda") and not (
+                isinstance(self.device, str) and re.fullmatch(r"cuda:\d{1,3}", self.device)):
+            raise ConfigError(f"The 'device' parameter of {owner} must be 'cpu', 'cuda', "
+                              f"'cuda:N' or 'auto'. Got {self.device!r} instead.")
+        check_int("torch_threads", owner, self.torch_threads, optional=True, high=1024)
 
     def _device(self) -> str:
         if self.device != "auto":
@@ -289,7 +306,7 @@ class EncoderMLCRouter(MultiRouter):
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        folder = directory / extra.get("encoder_dir", ENCODER_DIR)
+        folder = _encoder_folder(directory, extra.get("encoder_dir", ENCODER_DIR))
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise CheckpointError(
                 f"{folder} lacks config.json or model.safetensors: the encoder is missing"
@@ -305,5 +322,6 @@ class EncoderMLCRouter(MultiRouter):
                 f"{folder}: the encoder has {self.model_.config.num_labels} outputs for "
                 f"{len(self.models_)} models"
             )
-        self.label_prior_ = tensors["label_prior"]
-        self.best_epoch_ = extra.get("best_epoch")
+        where = directory / "config.json"
+        self.label_prior_ = checked_tensor(tensors, "label_prior", where, (len(self.models_),))
+        self.best_epoch_ = self._loaded_epoch(extra, directory)

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from prefroute.errors import check_int, check_range
+from prefroute.errors import CheckpointError, check_int, check_range
 from prefroute.multi.base import EmbeddingRouter, masked_mean, register_multi_router
+from prefroute.router import checked_tensor
 
 
 @register_multi_router
@@ -43,9 +44,12 @@ class KNNRouter(EmbeddingRouter):
         self.k = k
         self.smoothing = smoothing
 
-    def _fit(self, prompts: list[str], labels: np.ndarray) -> None:
+    def _check_params(self) -> None:
         check_int("k", type(self).__name__, self.k)
         check_range("smoothing", type(self).__name__, self.smoothing, low=0.0)
+
+    def _fit(self, prompts: list[str], labels: np.ndarray) -> None:
+        self._check_params()
         self.train_embeddings_ = np.ascontiguousarray(self._fit_embedder(prompts), dtype=np.float32)
         self.train_labels_ = labels.astype(np.float64)
         self._build_index()
@@ -87,7 +91,15 @@ class KNNRouter(EmbeddingRouter):
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
-        self._load_embedder(extra, directory)
-        self.train_embeddings_ = np.ascontiguousarray(tensors["train_embeddings"], dtype=np.float32)
-        self.train_labels_ = tensors["train_labels"]
+        where = directory / "config.json"
+        dim = self._load_embedder(extra, directory)
+        embeddings = checked_tensor(tensors, "train_embeddings", where, (None, dim))
+        n = embeddings.shape[0]
+        labels = checked_tensor(tensors, "train_labels", where, (n, len(self.models_)),
+                                finite=False)  # NaN: unknown
+        if n < 1 or ((labels < 0) | (labels > 1)).any():
+            raise CheckpointError(f"{where}: train_labels must hold at least one row of labels "
+                                  "in [0, 1] (or NaN)")
+        self.train_embeddings_ = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.train_labels_ = labels
         self._build_index()

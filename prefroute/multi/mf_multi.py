@@ -37,6 +37,7 @@ from prefroute.multi.base import (
     split_validation,
 )
 from prefroute.multi.classifiers import label_tensors, masked_bce
+from prefroute.router import checked_tensor
 
 
 def _mf_net(n_models: int, text_dim: int, dim: int, model_bias: bool) -> Any:
@@ -233,7 +234,12 @@ class MultiMFRouter(EmbeddingRouter):
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
-        self._load_embedder(extra, directory)
-        self.P_, self.W_, self.w_, self.b_ = (tensors[k] for k in ("P", "W", "w", "b"))
-        self.best_epoch_ = extra.get("best_epoch")
+        where = directory / "config.json"
+        dim = self._load_embedder(extra, directory)
+        self.P_ = checked_tensor(tensors, "P", where, (len(self.models_), None))
+        d = self.P_.shape[1]
+        self.W_ = checked_tensor(tensors, "W", where, (d, dim))
+        self.w_ = checked_tensor(tensors, "w", where, (d,))
+        self.b_ = checked_tensor(tensors, "b", where, (len(self.models_),))
+        self.best_epoch_ = self._loaded_epoch(extra, directory)
         self._prepare_inference()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from prefroute.errors import (
     check_range,
 )
 from prefroute.prob_calibration import METHODS, ProbabilityCalibrator, brier, crossfit_calibrated
+from prefroute.router import checked_object, checked_tensor, is_number
 from prefroute.routers.auto_crossfit import (
     crossfit_stack,
     grouped_folds,
@@ -76,6 +76,7 @@ DEFAULT_CANDIDATES: tuple[dict[str, Any], ...] = (
 COMBINE = ("auto", "select", "stack")
 _CANDIDATE_KEYS = {"name", "router", "params", "source_weights"}
 MAX_MEMBERS = 32
+MAX_NAME_CHARS = 200  # a candidate / member name: a plain label
 MEMBERS_DIR = "members"
 # golden battles of the pair needed before auto scores candidates on them alone: below this the
 # out-of-fold APGR of a few hundred items is too noisy to choose by
@@ -94,6 +95,10 @@ def _check_candidates(candidates: Any, owner: str) -> list[dict[str, Any]]:
         if not isinstance(cand, dict) or not {"name", "router"} <= set(cand):
             raise ConfigError(f"candidate {i} of {owner} must be a dict with 'name' and 'router'"
                               f" (and optional 'params', 'source_weights'). Got {cand!r}.")
+        if not is_plain_name(cand["name"]):
+            raise ConfigError(f"candidate {i} of {owner}: 'name' must be a plain name (1.."
+                              f"{MAX_NAME_CHARS} printable characters, no '/' or '\\'). "
+                              f"Got {cand['name']!r:.{MAX_NAME_CHARS + 10}}.")
         unknown = sorted(set(cand) - _CANDIDATE_KEYS)
         if unknown:
             raise ConfigError(f"candidate {cand['name']!r} has unknown keys {unknown}; "
@@ -386,52 +391,158 @@ class AutoRouter(WinPredictor):
             self._check_params()
         except ConfigError as e:
             raise CheckpointError(f"{where}: {e}") from None
-        members_info = extra.get("members")
-        if (not isinstance(members_info, list) or not 1 <= len(members_info) <= MAX_MEMBERS
-                or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
-                           and isinstance(m.get("router"), str) for m in members_info)):
-            raise CheckpointError(f"{where}: state.members must list 1..{MAX_MEMBERS} "
-                                  "{name, router} objects")
-        mode = extra.get("mode")
-        if mode not in ("select", "stack") or (mode == "select" and len(members_info) != 1):
-            raise CheckpointError(f"{where}: mode must be 'select' (one member) or 'stack'")
-        weights = tensors.get("stack_weights")
-        intercept = tensors.get("stack_intercept")
-        if (weights is None or intercept is None or weights.shape != (len(members_info),)
-                or intercept.shape != (1,) or not np.isfinite(weights).all()
-                or not np.isfinite(intercept).all()):
-            raise CheckpointError(f"{where}: stack_weights must hold one finite weight per "
-                                  f"member ({len(members_info)}), stack_intercept one value")
-        members = []
-        for i, info in enumerate(members_info):
-            # the member folder name comes from its position, never from the checkpoint
-            sub = directory / MEMBERS_DIR / f"{i:02d}"
-            if info["router"] == "auto":
-                raise CheckpointError(f"{where}: member {i} is an auto router (not allowed)")
-            member = WinPredictor.from_pretrained(sub)
-            if member.router_type != info["router"]:
-                raise CheckpointError(f"{sub}: holds a {member.router_type!r} router, "
-                                      f"config.json says {info['router']!r}")
-            if (member.strong_model, member.weak_model) != (self.strong_model, self.weak_model):
-                raise CheckpointError(f"{sub}: member pair ({member.strong_model}, "
-                                      f"{member.weak_model}) differs from the auto router's")
-            members.append(member)
-        self.calibrator_ = ProbabilityCalibrator.from_state(tensors, extra.get("calibration"),
-                                                            where)
-        self.members_ = members
+        state = checked_auto_state(extra, where)
+        members_info = state["members"]
+        n = len(members_info)
+        weights = checked_tensor(tensors, "stack_weights", where, (n,))
+        intercept = checked_tensor(tensors, "stack_intercept", where, (1,))
+        self.members_ = [self._load_member(directory, i, info)
+                         for i, info in enumerate(members_info)]
+        self.calibrator_ = ProbabilityCalibrator.from_state(tensors, state["calibration"], where)
         self.member_names_ = [m["name"] for m in members_info]
-        self.mode_ = mode
-        self.stack_weights_ = weights.astype(np.float64)
+        self.mode_ = state["mode"]
+        self.stack_weights_ = weights
         self.stack_intercept_ = float(intercept[0])
-        table = extra.get("oof_table")
-        self.oof_table_ = table if isinstance(table, list) else []
-        scored_on = extra.get("scored_on")
-        self.scored_on_ = scored_on if isinstance(scored_on, str) else ""
-        self.candidate_names_ = list(extra.get("candidates") or [])
-        self.oof_probs_ = tensors.get("oof_probs")
-        self.oof_labels_ = tensors.get("oof_labels")
-        folds = tensors.get("oof_folds")
-        self.oof_folds_ = None if folds is None else folds.astype(np.int64)
+        self.oof_table_ = state["oof_table"]
+        self.scored_on_ = state["scored_on"]
+        self.candidate_names_ = state["candidates"]
+        self._load_oof(tensors, where)
+
+    def _load_member(self, directory: Path, i: int, info: dict[str, str]) -> WinPredictor:
+        """Member ``i``, from ``members/NN`` (a folder named by its position, never by the
+        checkpoint), of the router type and pair the auto config records."""
+        sub = directory / MEMBERS_DIR / f"{i:02d}"
+        member = WinPredictor.from_pretrained(sub)
+        if member.router_type != info["router"]:
+            raise CheckpointError(f"{sub}: holds a {member.router_type!r} router, "
+                                  f"config.json says {info['router']!r}")
+        if (member.strong_model, member.weak_model) != (self.strong_model, self.weak_model):
+            raise CheckpointError(f"{sub}: member pair ({member.strong_model}, "
+                                  f"{member.weak_model}) differs from the auto router's")
+        return member
+
+    def _load_oof(self, tensors: dict[str, np.ndarray], where: str) -> None:
+        """The out-of-fold tensors: [n_items, n_candidates] probabilities in [0, 1], one
+        label in [0, 1] and one fold number per item (all absent in old checkpoints)."""
+        if "oof_probs" not in tensors:
+            self.oof_probs_ = self.oof_labels_ = self.oof_folds_ = None
+            return
+        probs = checked_tensor(tensors, "oof_probs", where, (None, len(self.candidate_names_)))
+        n_items = probs.shape[0]
+        labels = checked_tensor(tensors, "oof_labels", where, (n_items,))
+        folds = checked_tensor(tensors, "oof_folds", where, (n_items,))
+        if (((probs < 0) | (probs > 1)).any() or ((labels < 0) | (labels > 1)).any()
+                or (folds < 0).any() or (folds != np.round(folds)).any()):
+            raise CheckpointError(f"{where}: oof_probs and oof_labels must lie in [0, 1] and "
+                                  "oof_folds be fold numbers")
+        self.oof_probs_, self.oof_labels_, self.oof_folds_ = probs, labels, folds.astype(np.int64)
+
+
+# checkpoint state ------------------------------------------------------------------------
+_OOF_NUMBERS = ("oof_area", "oof_apgr", "oof_brier", "oof_brier_calibrated",
+                "crossfit_seconds")
+
+
+def is_plain_name(name: Any) -> bool:
+    """1..MAX_NAME_CHARS printable characters, no path separator, not '.' or '..'."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
+            and "/" not in name and "\\" not in name and name not in (".", ".."))
+
+
+def checked_member_name(name: Any, where: str, field: str) -> str:
+    """A member or candidate name: a plain label, never a path or a control character."""
+    if not is_plain_name(name):
+        raise CheckpointError(
+            f"{where}: {field} must be a plain name (1..{MAX_NAME_CHARS} printable characters, "
+            f"no '/' or '\\'), got {name!r:.{MAX_NAME_CHARS + 10}}")
+    return name
+
+
+def _checked_members(members: Any, where: str) -> list[dict[str, str]]:
+    """state.members: 1..MAX_MEMBERS {name, router} objects, distinct plain names, known
+    router types other than auto."""
+    if (not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS
+            or not all(isinstance(m, dict) for m in members)):
+        raise CheckpointError(f"{where}: state.members must list 1..{MAX_MEMBERS} "
+                              "{name, router} objects")
+    out = []
+    for i, member in enumerate(members):
+        name = checked_member_name(member.get("name"), where, f"state.members[{i}].name")
+        router = member.get("router")
+        try:
+            if router == "auto":
+                raise ConfigError("auto cannot contain auto")
+            router_class(router if isinstance(router, str) else repr(router))
+        except ConfigError as e:
+            raise CheckpointError(f"{where}: state.members[{i}].router: {e}") from None
+        out.append({"name": name, "router": router})
+    if len({m["name"] for m in out}) != len(out):
+        raise CheckpointError(f"{where}: state.members names must be distinct")
+    return out
+
+
+def _checked_numbers(values: Any, where: str, field: str, length: int) -> list[float]:
+    if not isinstance(values, list) or len(values) != length or not all(
+            is_number(v) for v in values):
+        raise CheckpointError(f"{where}: {field} must be {length} finite numbers (one per "
+                              "member)")
+    return [float(v) for v in values]
+
+
+def _checked_oof_row(row: Any, where: str, field: str) -> dict[str, Any]:
+    row = checked_object(row, where, field)
+    for key in ("name", "router", "status"):
+        if not isinstance(row.get(key, ""), str):
+            raise CheckpointError(f"{where}: {field}.{key} must be a string")
+    for key in _OOF_NUMBERS:
+        if row.get(key) is not None and not is_number(row[key]):
+            raise CheckpointError(f"{where}: {field}.{key} must be a finite number")
+    if not isinstance(row.get("chosen", False), bool):
+        raise CheckpointError(f"{where}: {field}.chosen must be true or false")
+    for key in ("params", "source_weights"):
+        checked_object(row.get(key) or {}, where, f"{field}.{key}")
+    return row
+
+
+def _checked_calibration_state(calibration: Any, where: str) -> dict[str, Any]:
+    calibration = checked_object(calibration, where, "state.calibration")
+    for key in ("a", "b"):
+        if not is_number(calibration.get(key)):
+            raise CheckpointError(f"{where}: state.calibration.{key} must be a finite number")
+    return calibration
+
+
+def checked_auto_state(extra: Any, where: str) -> dict[str, Any]:
+    """An auto checkpoint's state, every value the loader and ``describe_auto`` read
+    type-checked; a CheckpointError naming ``where`` and the key otherwise."""
+    extra = checked_object(extra, where, "state")
+    members = _checked_members(extra.get("members"), where)
+    mode = extra.get("mode")
+    if mode not in ("select", "stack") or (mode == "select" and len(members) != 1):
+        raise CheckpointError(f"{where}: state.mode must be 'select' (one member) or 'stack'")
+    candidates = extra.get("candidates") or []
+    if not isinstance(candidates, list) or len(candidates) > MAX_MEMBERS:
+        raise CheckpointError(f"{where}: state.candidates must list at most {MAX_MEMBERS} names")
+    candidates = [checked_member_name(c, where, f"state.candidates[{i}]")
+                  for i, c in enumerate(candidates)]
+    weights = extra.get("stack_weights")
+    if weights is not None:
+        _checked_numbers(weights, where, "state.stack_weights", len(members))
+    intercept = extra.get("stack_intercept", 0.0)
+    if not is_number(intercept):
+        raise CheckpointError(f"{where}: state.stack_intercept must be a finite number")
+    table = extra.get("oof_table") or []
+    if not isinstance(table, list) or len(table) > MAX_MEMBERS + 1:
+        raise CheckpointError(f"{where}: state.oof_table must list at most {MAX_MEMBERS + 1} "
+                              "rows")
+    table = [_checked_oof_row(row, where, f"state.oof_table[{i}]")
+             for i, row in enumerate(table)]
+    scored_on = extra.get("scored_on") or ""
+    if not isinstance(scored_on, str):
+        raise CheckpointError(f"{where}: state.scored_on must be a string")
+    return {"members": members, "mode": mode, "candidates": candidates, "oof_table": table,
+            "scored_on": scored_on,
+            "calibration": _checked_calibration_state(extra.get("calibration"), where)}
 
 
 def _scoring_battles(pairs: PairRows, battles: Battles, score_sources: str | list[str]
@@ -488,30 +599,34 @@ def _share_embedder(spec: Any, memo: MemoEmbedder, features: FeatureMemo) -> Any
     return spec
 
 
-def describe_auto(config: dict[str, Any]) -> str:
-    """The members, weights and OOF table of an auto checkpoint's config, as text."""
-    state = config.get("state") or {}
-    lines = [f"mode: {state.get('mode')}"]
-    members = state.get("members") or []
-    lines.append("members: " + ", ".join(f"{m.get('name')} ({m.get('router')})" for m in members))
-    cal = state.get("calibration") or {}
-    if state.get("mode") == "stack":
-        weights = ", ".join(f"{m.get('name')} {w:+.3f}" for m, w in
-                            zip(members, state.get("stack_weights") or [], strict=False))
+def describe_auto(config: dict[str, Any], where: str = "config.json") -> str:
+    """The members, weights and OOF table of an auto checkpoint's config, as text (every
+    string from the checkpoint escaped); a malformed state is a CheckpointError."""
+    from prefroute.model_card import printable
+
+    raw = config.get("state")
+    state = checked_auto_state(raw, where)
+    members = state["members"]
+    lines = [f"mode: {state['mode']}"]
+    lines.append("members: " + ", ".join(f"{printable(m['name'])} ({m['router']})"
+                                         for m in members))
+    if state["mode"] == "stack" and raw.get("stack_weights") is not None:
+        weights = ", ".join(f"{printable(m['name'])} {w:+.3f}"
+                            for m, w in zip(members, raw["stack_weights"], strict=True))
         lines.append(f"stack weights (on logit P): {weights}; "
-                     f"intercept {state.get('stack_intercept', 0.0):+.3f}")
-    lines.append(f"calibration: {cal.get('method')}")
-    if state.get("scored_on"):
-        lines.append(f"out-of-fold scores over: {state['scored_on']}")
+                     f"intercept {raw.get('stack_intercept', 0.0):+.3f}")
+    lines.append(f"calibration: {printable(state['calibration'].get('method'))}")
+    if state["scored_on"]:
+        lines.append(f"out-of-fold scores over: {printable(state['scored_on'])}")
     lines.append("")
     lines.append("| candidate | router | OOF APGR | Brier raw | Brier calibrated | chosen "
                  "| status |")
     lines.append("|---|---|---:|---:|---:|---|---|")
-    for row in state.get("oof_table") or []:
+    for row in state["oof_table"]:
         def fmt(key: str, row: dict = row) -> str:
             v = row.get(key)
-            return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
-        lines.append(f"| {row.get('name')} | {row.get('router')} | {fmt('oof_apgr')} | "
-                     f"{fmt('oof_brier')} | {fmt('oof_brier_calibrated')} | "
-                     f"{'yes' if row.get('chosen') else ''} | {row.get('status')} |")
+            return f"{v:.4f}" if is_number(v) else "-"
+        lines.append(f"| {printable(row.get('name'))} | {printable(row.get('router'))} | "
+                     f"{fmt('oof_apgr')} | {fmt('oof_brier')} | {fmt('oof_brier_calibrated')} "
+                     f"| {'yes' if row.get('chosen') else ''} | {printable(row.get('status'))} |")
     return "\n".join(lines)

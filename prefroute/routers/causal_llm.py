@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from prefroute.errors import CheckpointError, ConfigError
+from prefroute.router import checked_names
 from prefroute.routers.backbones import BUNDLED_SMOLLM2
 from prefroute.routers.base import register_router
 from prefroute.routers.neural_common import (
@@ -154,6 +155,10 @@ class CausalLLMRouter(NeuralWinPredictor):
         self._prepare()  # checks max_length against the instruction before loading weights
         return self._load_model(location), tokenizer
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._check_labels()
+
     def _check_labels(self) -> None:
         words, classes = self.label_words, self.label_classes
         n_words = len(LABELS) if classes is None else len(classes)
@@ -279,16 +284,19 @@ class CausalLLMRouter(NeuralWinPredictor):
             raise CheckpointError(
                 f"causal_llm checkpoint state lacks {missing or ['label_token_ids']}"
             )
+        for key in ("prompt_prefix", "prompt_suffix"):
+            if not isinstance(extra[key], str):
+                raise CheckpointError(f"causal_llm checkpoint state.{key} must be a string")
         self.prompt_prefix_ = extra["prompt_prefix"]
         self.prompt_suffix_ = extra["prompt_suffix"]
-        self.label_words_ = list(extra["label_words"])
         n_words = len(LABELS) if self.label_classes is None else len(self.label_classes)
-        if len(self.label_words_) != n_words:
-            raise CheckpointError(
-                f"causal_llm checkpoint state has {len(self.label_words_)} label words, the "
-                f"parameters call for {n_words} (label_classes {self.label_classes})"
-            )
-        self.label_token_ids_ = [int(i) for i in tensors["label_token_ids"]]
+        self.label_words_ = checked_names(extra["label_words"], "causal_llm checkpoint",
+                                          "state.label_words", low=n_words, high=n_words)
+        ids = tensors["label_token_ids"]
+        if ids.dtype.kind not in "iu" or ids.shape != (n_words,):
+            raise CheckpointError(f"causal_llm checkpoint tensor 'label_token_ids' must hold "
+                                  f"{n_words} token ids, got {ids.dtype} {ids.shape}")
+        self.label_token_ids_ = [int(i) for i in ids]
         found = [self._single_token(self.tokenizer_, w) for w in self.label_words_]
         if found != self.label_token_ids_:
             raise CheckpointError(

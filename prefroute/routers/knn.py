@@ -16,8 +16,9 @@ import numpy as np
 from prefroute.data.battles import Battles
 from prefroute.embed.base import Embedder
 from prefroute.errors import CheckpointError, check_choice, check_int
+from prefroute.router import checked_count, checked_tensor, checkpoint_embedder
 from prefroute.routers.base import WinPredictor, register_router
-from prefroute.routers.embedding_io import fitted_embedder, reloaded_embedder
+from prefroute.routers.embedding_io import fitted_embedder
 from prefroute.routers.pair_data import pair_rows
 
 _TENSORS = ("prompt_embeddings", "labels", "weights")
@@ -102,18 +103,12 @@ class KNNRouter(WinPredictor):
             self._check_params()
         except Exception as e:  # a ConfigError about a saved parameter is a bad checkpoint
             raise CheckpointError(f"{where}: {e}") from None
-        embedder = reloaded_embedder(self.embedder, extra.get("embedder"), directory)
-        emb, labels, weights = (tensors[k] for k in _TENSORS)
-        n = extra.get("n_prompts")
-        if (not isinstance(n, int) or n < 1 or emb.shape != (n, embedder.dim)
-                or emb.dtype != np.float32 or labels.shape != (n,) or weights.shape != (n,)):
-            raise CheckpointError(
-                f"{where}: tensors {emb.shape} / {labels.shape} / {weights.shape} do not match "
-                f"n_prompts={n!r} and the embedder's dimension {embedder.dim}"
-            )
-        if not (np.isfinite(emb).all() and np.isfinite(labels).all() and np.isfinite(weights).all()
-                and ((labels >= 0) & (labels <= 1)).all() and (weights >= 0).all()):
-            raise CheckpointError(f"{where}: labels must lie in [0, 1], weights be >= 0, "
-                                  "and every tensor be finite")
+        embedder, dim = checkpoint_embedder(self.embedder, extra.get("embedder"), directory)
+        n = checked_count(extra.get("n_prompts"), where, "state.n_prompts", low=1)
+        emb = checked_tensor(tensors, "prompt_embeddings", where, (n, dim))
+        labels = checked_tensor(tensors, "labels", where, (n,))
+        weights = checked_tensor(tensors, "weights", where, (n,))
+        if not (((labels >= 0) & (labels <= 1)).all() and (weights >= 0).all()):
+            raise CheckpointError(f"{where}: labels must lie in [0, 1] and weights be >= 0")
         self.embedder_ = embedder
         self._set_state(emb, labels, weights)

@@ -14,6 +14,7 @@ import numpy as np
 from prefroute.data.battles import Battles
 from prefroute.errors import CheckpointError, ConfigError, check_range
 from prefroute.evaluate.baselines import LENGTH_SCALE_CHARS, prompt_length_probs
+from prefroute.router import checked_tensor, is_number
 from prefroute.routers.base import WinPredictor, register_router
 
 
@@ -46,5 +47,11 @@ class LengthRouter(WinPredictor):
 
     def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any],
                     directory: Path) -> None:
-        if not (np.isfinite(self.scale) and self.scale > 0):
-            raise CheckpointError(f"{Path(directory) / 'config.json'}: scale must be > 0")
+        where = Path(directory) / "config.json"
+        if not is_number(self.scale) or self.scale <= 0:
+            raise CheckpointError(f"{where}: params.scale must be a finite number > 0, got "
+                                  f"{self.scale!r:.80}")
+        saved = checked_tensor(tensors, "scale", where, (1,))
+        if saved[0] != float(self.scale):
+            raise CheckpointError(f"{where}: params.scale {self.scale} differs from the saved "
+                                  f"scale tensor {saved[0]}")

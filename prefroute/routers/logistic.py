@@ -23,9 +23,10 @@ from scipy.special import expit
 
 from prefroute.data.battles import Battles
 from prefroute.embed.base import Embedder
-from prefroute.errors import CheckpointError, check_choice, check_int, check_range
+from prefroute.errors import CheckpointError, ConfigError, check_choice, check_int, check_range
+from prefroute.router import checked_tensor, checkpoint_embedder, is_number
 from prefroute.routers.base import WinPredictor, register_router
-from prefroute.routers.embedding_io import fitted_embedder, reloaded_embedder
+from prefroute.routers.embedding_io import fitted_embedder
 from prefroute.routers.pair_data import pair_rows
 
 DEFAULT_EMBEDDER = {"name": "features",
@@ -132,6 +133,9 @@ class LogisticRouter(WinPredictor):
 
     def _check_params(self) -> None:
         owner = type(self).__name__
+        if not is_number(self.c):
+            raise ConfigError(f"The 'c' parameter of {owner} must be a finite number. "
+                              f"Got {self.c!r:.80} instead.")
         check_range("c", owner, self.c, low=0.0, low_inclusive=False)
         check_choice("use_soft_labels", owner, self.use_soft_labels, (True, False))
         check_int("max_iter", owner, self.max_iter)
@@ -180,21 +184,10 @@ class LogisticRouter(WinPredictor):
             self._check_params()
         except Exception as e:
             raise CheckpointError(f"{where}: {e}") from None
-        embedder = reloaded_embedder(self.embedder, extra.get("embedder"), directory)
-        parts = [("coef", "intercept")]
+        embedder, dim = checkpoint_embedder(self.embedder, extra.get("embedder"), directory)
+        self.coef_ = checked_tensor(tensors, "coef", where, (dim,))
+        self.intercept_ = float(checked_tensor(tensors, "intercept", where, (1,))[0])
         if self.two_part:
-            parts.append(("tie_coef", "tie_intercept"))
-        for coef_name, intercept_name in parts:
-            coef, intercept = tensors[coef_name], tensors[intercept_name]
-            if coef.shape != (embedder.dim,) or intercept.shape != (1,):
-                raise CheckpointError(
-                    f"{where}: {coef_name} {coef.shape} / {intercept_name} {intercept.shape} "
-                    f"do not match the embedder's dimension {embedder.dim}")
-            if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-                raise CheckpointError(f"{where}: {coef_name} and {intercept_name} must be finite")
+            self.tie_coef_ = checked_tensor(tensors, "tie_coef", where, (dim,))
+            self.tie_intercept_ = float(checked_tensor(tensors, "tie_intercept", where, (1,))[0])
         self.embedder_ = embedder
-        self.coef_ = tensors["coef"].astype(np.float64)
-        self.intercept_ = float(tensors["intercept"][0])
-        if self.two_part:
-            self.tie_coef_ = tensors["tie_coef"].astype(np.float64)
-            self.tie_intercept_ = float(tensors["tie_intercept"][0])

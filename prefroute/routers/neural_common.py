@@ -961,6 +961,12 @@ class NeuralWinPredictor(WinPredictor):
     def _load_state(
         self, tensors: dict[str, np.ndarray], extra: dict[str, Any], directory: Path
     ) -> None:
+        from prefroute.router import check_hf_files, check_loaded_params
+
+        # the saved parameters and the saved tokenizers' file names, before any weights
+        check_loaded_params(self, directory / "config.json")
+        for sub in (HF_MODEL_DIR, ADAPTER_DIR):
+            check_hf_files(directory / sub, directory / "config.json")
         fmt = extra.get("format")
         if fmt not in FORMATS or list(extra.get("labels", [])) != list(LABELS):
             raise CheckpointError(
