@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+from test_auto_router import SMALL_CANDIDATES as CANDIDATES
+from test_auto_router import STRONG, WEAK
 from trust_helpers import assert_one_line_error, copy_checkpoint, edit_config, run_cli
 
 from prefroute.data.loaders import golden_battles
@@ -21,13 +23,6 @@ from prefroute.multi import load_multi_router, make_multi_router
 from prefroute.multi.data import prepare_table
 from prefroute.router import load_router
 from prefroute.routers.auto import AutoRouter
-
-STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
-CANDIDATES = [
-    {"name": "knn-20", "router": "knn", "params": {"k": 20}},
-    {"name": "logistic", "router": "logistic", "params": {"c": 0.5}},
-    {"name": "length", "router": "length", "params": {}},
-]
 
 
 # fixtures: small real checkpoints ---------------------------------------------------------
