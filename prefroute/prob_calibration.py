@@ -11,6 +11,7 @@ calibrator never sees the scores of the battles the router learned from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,7 @@ class ProbabilityCalibrator:
         if not isinstance(state, dict) or state.get("method") not in METHODS:
             raise CheckpointError(f"{where}: calibration must name a method in {list(METHODS)}")
         a, b = state.get("a"), state.get("b")
-        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in (a, b)):
+        if not all(_finite_number(v) for v in (a, b)):
             raise CheckpointError(f"{where}: calibration a/b must be finite numbers")
         cal = cls(method=state["method"], a_=float(a), b_=float(b))
         if cal.method == "isotonic":
@@ -101,6 +102,16 @@ class ProbabilityCalibrator:
                                       "ascending, one y in [0, 1] per x")
             cal.x_, cal.y_ = x.astype(np.float64), y.astype(np.float64)
         return cal
+
+
+def _finite_number(value: object) -> bool:
+    """A real int or float (not a bool) that is finite as a float (10**400 is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def crossfit_calibrated(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, *,

@@ -382,3 +382,13 @@ def test_saved_tokenizer_may_not_name_outside_files(tmp_path, router_type, value
     extra = {"format": "merged", "labels": ["strong_wins", "tie", "weak_wins"]}
     with pytest.raises(CheckpointError, match="tokenizer_file"):
         router._load_state({"class_order": np.arange(3)}, extra, folder)
+
+
+@pytest.mark.parametrize("a", [True, 10**400, float("nan"), "1.0", None])
+def test_probability_calibrator_state_needs_finite_real_numbers(a):
+    from prefroute.prob_calibration import ProbabilityCalibrator
+
+    with pytest.raises(CheckpointError, match="calibration a/b must be finite numbers"):
+        ProbabilityCalibrator.from_state({}, {"method": "platt", "a": a, "b": 0.0}, "x.json")
+    loaded = ProbabilityCalibrator.from_state({}, {"method": "platt", "a": 2, "b": -0.5}, "x")
+    assert (loaded.a_, loaded.b_) == (2.0, -0.5)

@@ -203,6 +203,14 @@ def test_bert_checkpoint_layout(bert, prompts, tmp_path):
     np.testing.assert_allclose(on_cpu.predict_proba(prompts), bert.predict_proba(prompts),
                                atol=1e-5, rtol=0)
     assert on_cpu.to("cpu") is on_cpu and on_cpu.device_ == "cpu"
+    # tampered state: one CheckpointError naming the key, not a TypeError
+    for key, value in (("training", "x"), ("labels", 5)):
+        bad = json.loads(json.dumps(config))
+        bad["state"][key] = value
+        (tmp_path / "ckpt" / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(CheckpointError, match=f"state.{key}"):
+            BertRouter.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     (model_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError):
         BertRouter.from_pretrained(tmp_path / "ckpt")

@@ -967,14 +967,17 @@ class NeuralWinPredictor(WinPredictor):
         check_loaded_params(self, directory / "config.json")
         for sub in (HF_MODEL_DIR, ADAPTER_DIR):
             check_hf_files(directory / sub, directory / "config.json")
-        fmt = extra.get("format")
-        if fmt not in FORMATS or list(extra.get("labels", [])) != list(LABELS):
+        fmt, labels = extra.get("format"), extra.get("labels", [])
+        if fmt not in FORMATS or not isinstance(labels, list) or labels != list(LABELS):
             raise CheckpointError(
                 f"{directory / 'config.json'}: state.format must be one of {list(FORMATS)} and "
                 f"state.labels {list(LABELS)}; got {fmt!r} and {extra.get('labels')!r}"
             )
         if "class_order" not in tensors:
             raise CheckpointError(f"{directory}: model.safetensors has no 'class_order' tensor")
+        if not isinstance(extra.get("training", {}), dict):
+            raise CheckpointError(f"{directory / 'config.json'}: state.training must be an "
+                                  f"object, got {type(extra['training']).__name__}")
         folder = directory / (ADAPTER_DIR if fmt == "adapter" else HF_MODEL_DIR)
         if not folder.is_dir():
             raise CheckpointError(f"{folder} is missing; the checkpoint is incomplete")
