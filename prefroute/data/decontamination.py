@@ -9,7 +9,7 @@ import numpy as np
 
 from prefroute._logging import logger
 from prefroute.data.battles import Battles
-from prefroute.embed.base import Embedder, build_embedder
+from prefroute.embed.base import Embedder, encode_unless_given
 
 
 @dataclass
@@ -60,12 +60,8 @@ def find_contamination(
     eval_vectors: np.ndarray | None = None,
 ) -> ContaminationReport:
     """Training rows whose embedding cosine to some evaluation prompt is >= ``threshold``."""
-    if train_vectors is None or eval_vectors is None:
-        model = build_embedder(embedder)
-        if train_vectors is None:
-            train_vectors = model.encode(list(train_prompts))
-        if eval_vectors is None:
-            eval_vectors = model.encode(list(eval_prompts))
+    train_vectors, eval_vectors = encode_unless_given(
+        embedder, (train_prompts, train_vectors), (eval_prompts, eval_vectors))
     if len(train_vectors) == 0 or len(eval_vectors) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return ContaminationReport(threshold, empty, empty, np.zeros(0, dtype=np.float32))

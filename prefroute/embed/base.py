@@ -107,6 +107,21 @@ def spec_if_embedder(value: Any) -> Any:
     return value.spec() if isinstance(value, Embedder) else value
 
 
+def encode_unless_given(
+    spec: str | dict[str, Any] | Embedder, *groups: tuple[Sequence[str], np.ndarray | None]
+) -> list[np.ndarray]:
+    """Vectors of each (texts, vectors) group: the given vectors, else the texts encoded by
+    one embedder built from ``spec`` (only when some group needs it)."""
+    model = None
+    out = []
+    for texts, vectors in groups:
+        if vectors is None:
+            model = model or build_embedder(spec)
+            vectors = model.encode(list(texts))
+        out.append(vectors)
+    return out
+
+
 def build_embedder(spec: str | dict[str, Any] | Embedder) -> Embedder:
     """An embedder from a name (``"wordllama"``), a spec dict, or an embedder instance."""
     if isinstance(spec, Embedder):

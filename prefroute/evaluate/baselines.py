@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from prefroute.data.battles import Battles
-from prefroute.embed.base import Embedder, build_embedder
+from prefroute.embed.base import Embedder, encode_unless_given
 from prefroute.errors import ConfigError
 
 LENGTH_SCALE_CHARS = 500.0
@@ -75,12 +75,8 @@ def knn_probs(train_prompts: Sequence[str], train_labels: np.ndarray, eval_promp
         raise ConfigError(f"{len(labels)} labels for {len(train_prompts)} training prompts")
     if len(labels) == 0:
         raise ConfigError("knn_probs has no training prompts with labels for this pair")
-    if train_vectors is None or eval_vectors is None:
-        model = build_embedder(embedder)
-        if train_vectors is None:
-            train_vectors = model.encode(list(train_prompts))
-        if eval_vectors is None:
-            eval_vectors = model.encode(list(eval_prompts))
+    train_vectors, eval_vectors = encode_unless_given(
+        embedder, (train_prompts, train_vectors), (eval_prompts, eval_vectors))
     k = min(k, len(labels))
     index = faiss.IndexFlatIP(train_vectors.shape[1])
     index.add(np.ascontiguousarray(train_vectors, dtype=np.float32))

@@ -387,10 +387,6 @@ class AutoRouter(WinPredictor):
                     directory: Path) -> None:
         directory = Path(directory)
         where = str(directory / "config.json")
-        try:
-            self._check_params()
-        except ConfigError as e:
-            raise CheckpointError(f"{where}: {e}") from None
         state = checked_auto_state(extra, where)
         members_info = state["members"]
         n = len(members_info)

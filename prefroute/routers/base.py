@@ -249,6 +249,13 @@ class WinPredictor(ABC):
             predictor = klass(**params)
         except (ConfigError, TypeError) as e:
             raise CheckpointError(f"{directory / 'config.json'}: params: {e}") from None
+        # every router's own parameter checks, on what the checkpoint set, before any weights
+        check = getattr(predictor, "_check_params", None)
+        if check is not None:
+            try:
+                check()
+            except (ConfigError, TypeError, ValueError, OverflowError) as e:
+                raise CheckpointError(f"{directory / 'config.json'}: params: {e}") from None
         extra = config.get("state", {})
         if not isinstance(extra, dict):
             raise CheckpointError(f"{directory / 'config.json'}: 'state' is not an object")

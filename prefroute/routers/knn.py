@@ -99,10 +99,6 @@ class KNNRouter(WinPredictor):
     def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any],
                     directory: Path) -> None:
         where = Path(directory) / "config.json"
-        try:
-            self._check_params()
-        except Exception as e:  # a ConfigError about a saved parameter is a bad checkpoint
-            raise CheckpointError(f"{where}: {e}") from None
         embedder, dim = checkpoint_embedder(self.embedder, extra.get("embedder"), directory)
         n = checked_count(extra.get("n_prompts"), where, "state.n_prompts", low=1)
         emb = checked_tensor(tensors, "prompt_embeddings", where, (n, dim))

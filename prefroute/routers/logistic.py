@@ -23,7 +23,7 @@ from scipy.special import expit
 
 from prefroute.data.battles import Battles
 from prefroute.embed.base import Embedder
-from prefroute.errors import CheckpointError, ConfigError, check_choice, check_int, check_range
+from prefroute.errors import ConfigError, check_choice, check_int, check_range
 from prefroute.router import checked_tensor, checkpoint_embedder, is_number
 from prefroute.routers.base import WinPredictor, register_router
 from prefroute.routers.embedding_io import fitted_embedder
@@ -180,10 +180,6 @@ class LogisticRouter(WinPredictor):
     def _load_state(self, tensors: dict[str, np.ndarray], extra: dict[str, Any],
                     directory: Path) -> None:
         where = Path(directory) / "config.json"
-        try:
-            self._check_params()
-        except Exception as e:
-            raise CheckpointError(f"{where}: {e}") from None
         embedder, dim = checkpoint_embedder(self.embedder, extra.get("embedder"), directory)
         self.coef_ = checked_tensor(tensors, "coef", where, (dim,))
         self.intercept_ = float(checked_tensor(tensors, "intercept", where, (1,))[0])

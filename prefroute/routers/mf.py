@@ -152,6 +152,11 @@ class MFRouter(WinPredictor):
         owner = type(self).__name__
         for name in ("dim", "epochs", "batch_size", "patience"):
             check_int(name, owner, getattr(self, name))
+        for name in ("lr", "weight_decay", "val_fraction", "embedding_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"The '{name}' parameter of {owner} must be a number. "
+                                  f"Got {value!r} instead.")
         check_range("lr", owner, self.lr, low=0.0, low_inclusive=False)
         check_range("weight_decay", owner, self.weight_decay, low=0.0)
         check_range("val_fraction", owner, self.val_fraction, low=0.0, high=1.0,
@@ -449,14 +454,8 @@ class MFRouter(WinPredictor):
     def _check_loaded_params(self, where: Path) -> None:
         """The params a checkpoint sets pass the training checks and stay below sizes that
         would exhaust a machine; a tampered config.json gets a CheckpointError."""
-        owner = type(self).__name__
+        owner = type(self).__name__  # the training checks ran in from_pretrained
         try:
-            for name in ("lr", "weight_decay", "val_fraction", "embedding_noise"):
-                value = getattr(self, name)
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(f"The '{name}' parameter of {owner} must be a number. "
-                                      f"Got {value!r} instead.")
-            self._check_params()
             for name, (low, high) in _LOAD_LIMITS.items():
                 value = getattr(self, name)
                 if value is not None:

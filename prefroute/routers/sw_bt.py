@@ -706,7 +706,6 @@ class SWBTRouter(WinPredictor):
             if key not in extra:
                 raise CheckpointError(f"{where}: state lacks {key!r}")
         try:
-            self._check_params()
             self._check_load_limits()
             embedder = build_embedder(self.embedder)
         except (ConfigError, TypeError) as e:
