@@ -262,6 +262,41 @@ def test_segment_tokenizer_is_exact_from_several_threads(data_dir: Path) -> None
         assert got == expected
 
 
+@pytest.mark.parametrize("meanwhile", ["clear", "insert"])
+def test_segment_tokenizer_survives_what_happens_while_it_tokenises(
+    data_dir: Path, meanwhile: str
+) -> None:
+    """New segments are tokenised outside the cache lock. If another call empties the cache
+    in that window, the lookup is redone; if another call caches some of the same segments,
+    they keep the slot it gave them. Either way the tokens are exact."""
+    from prefroute.embed.segment_tokenizer import SegmentTokenizer
+
+    texts = _all_shared_prompts(data_dir)[:400]
+    other = _all_shared_prompts(data_dir)[200:600]  # shares segments with texts
+    reference = _wordllama_tokenizer()
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    shared = SegmentTokenizer(reference)
+    tokenise = shared._segment_tokens
+    calls = []
+
+    def tokenise_while_another_call_runs(segments):
+        calls.append(len(segments))
+        if len(calls) == 1:
+            if meanwhile == "clear":
+                shared.clear()
+            else:
+                shared.encode_batch(other)
+        return tokenise(segments)
+
+    shared._segment_tokens = tokenise_while_another_call_runs
+    assert shared.encode_batch(texts).to_lists() == expected
+    if meanwhile == "clear":
+        assert len(calls) == 2  # the lookup was redone after the clear
+    else:
+        assert shared.cached_segments < calls[0] + calls[1]  # shared segments cached once
+    assert shared.encode_batch(texts).to_lists() == expected
+
+
 def test_segment_tokenizer_passes_stay_within_their_size(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import typer
@@ -87,6 +88,9 @@ def score(
         typer.echo(f"wrote {rows:,} scores to {out}")
         return
     router = load_router(checkpoint)
+    # Everything loaded so far lives until exit: keep the collector from re-traversing it
+    # (a full collection over ~90k start-up objects cost 0.06 s of GIL-held time in 20k rows).
+    gc.freeze()
     summary = score_file(
         router, prompts, out, prompt_field=prompt_field, id_field=id_field,
         with_decision=with_decision, with_prompt=not no_prompt, batch_size=batch_size,

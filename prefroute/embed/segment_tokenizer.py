@@ -141,6 +141,7 @@ class SegmentTokenizer:
         # few-texts path makes only those, with a regex, when the vocabulary allows them.
         self._word_cuts_exact = not any(SPACE in piece.lstrip(SPACE) for piece in vocab)
         self._lock = threading.RLock()
+        self._generation = 0  # bumped by every clear
         self.clear()
 
     def clear(self) -> None:
@@ -157,6 +158,7 @@ class SegmentTokenizer:
         self._tokens = _GrowingArray(np.int64)
         self._recent: dict[int, int] = {}
         self._words: dict[str, tuple[int, ...]] = {}
+        self._generation += 1
         self._freeze()
 
     def _freeze(self) -> None:
@@ -247,15 +249,9 @@ class SegmentTokenizer:
         hashes = self._segment_hashes(codes, seg_starts, seg_chars)
 
         long_segments = seg_chars > MAX_CACHED_SEGMENT_CHARS
-        with self._lock:  # the cache's arrays only grow, so these views stay valid after it
-            if self.cached_segments > self.max_segments:
-                self._clear()
-            slots = self._lookup(hashes)
-            missing = (slots < 0) & ~long_segments
-            if missing.any():
-                slots[missing] = self._insert(joined, seg_starts, seg_chars, hashes, missing)
-            token_starts = self._token_starts.values
-            token_counts, tokens = self._token_counts.values, self._tokens.values
+        slots, (token_starts, token_counts, tokens) = self._cached_slots(
+            joined, seg_starts, seg_chars, hashes, long_segments
+        )
         if long_segments.any():
             where = np.flatnonzero(long_segments)
             long_tokens, lengths = self._segment_tokens(
@@ -285,6 +281,48 @@ class SegmentTokenizer:
         if self.max_tokens is not None:
             flat, offsets, counts = _truncate(flat, offsets, counts, self.max_tokens)
         return TokenBatch(flat, offsets, counts)
+
+    def _cached_slots(
+        self,
+        joined: str,
+        seg_starts: np.ndarray,
+        seg_chars: np.ndarray,
+        hashes: np.ndarray,
+        long_segments: np.ndarray,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Cache slot of every segment (new ones tokenised and added; -1 for long ones) and
+        views of the cache's (token starts, token counts, tokens) that hold those slots.
+
+        The lock is held for the lookups and the insert only: new segments are tokenised
+        outside it, so concurrent calls tokenise in parallel (two threads may then tokenise
+        the same new segment; the second insert skips it). The cache's arrays only grow, so
+        the views stay valid after the lock is released; a clear in between bumps
+        ``_generation`` and the lookup is redone.
+        """
+        while True:
+            with self._lock:
+                if self.cached_segments > self.max_segments:
+                    self._clear()
+                generation = self._generation
+                slots = self._lookup(hashes)
+                missing = (slots < 0) & ~long_segments
+                if not missing.any():
+                    return slots, self._views()
+            new_hashes, first, inverse = np.unique(
+                hashes[missing], return_index=True, return_inverse=True
+            )
+            where = np.flatnonzero(missing)[first]
+            flat, lengths = self._segment_tokens(
+                [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
+            )
+            with self._lock:
+                if generation != self._generation:
+                    continue  # cleared meanwhile: the slots above point into nothing
+                slots[missing] = self._insert(new_hashes, flat, lengths)[inverse.reshape(-1)]
+                return slots, self._views()
+
+    def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._token_starts.values, self._token_counts.values, self._tokens.values
 
     def _cut_points(self, codes: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
         """Start of each segment: every text start and every pair no piece can join."""
@@ -329,31 +367,27 @@ class SegmentTokenizer:
                 slots[absent] = [get(h, -1) for h in hashes[absent].tolist()]
         return slots
 
-    def _insert(
-        self,
-        joined: str,
-        seg_starts: np.ndarray,
-        seg_chars: np.ndarray,
-        hashes: np.ndarray,
-        missing: np.ndarray,
-    ) -> np.ndarray:
-        """Tokenise and cache the missing segments; their slots, in ``missing`` order."""
-        new_hashes, first, inverse = np.unique(
-            hashes[missing], return_index=True, return_inverse=True
-        )
-        where = np.flatnonzero(missing)[first]
-        flat, lengths = self._segment_tokens(
-            [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
-        )
+    def _insert(self, hashes: np.ndarray, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Cache distinct ``hashes`` whose segments have tokens ``flat`` (``lengths`` each);
+        the slot of each. Hashes another call cached meanwhile keep their slot."""
+        slots = self._lookup(hashes)
+        new = slots < 0
+        if not new.any():
+            return slots
+        if not new.all():
+            starts = _exclusive_cumsum(lengths)[new]
+            hashes, lengths = hashes[new], lengths[new]
+            flat = _gather_runs(flat, starts, lengths)
         first_slot = self.cached_segments
         self._token_starts.extend(len(self._tokens) + _exclusive_cumsum(lengths))
         self._token_counts.extend(lengths)
         self._tokens.extend(flat)
-        self._hashes.extend(new_hashes)
-        self._recent.update(zip(new_hashes.tolist(), range(first_slot, first_slot + len(lengths))))
+        self._hashes.extend(hashes)
+        self._recent.update(zip(hashes.tolist(), range(first_slot, first_slot + len(lengths))))
         if len(self._recent) > max(4096, len(self._frozen) // 4):
             self._freeze()
-        return first_slot + inverse.reshape(-1)
+        slots[new] = np.arange(first_slot, first_slot + len(lengths))
+        return slots
 
     def _few_segment_tokens(self, segments: list[str]) -> list[tuple[int, ...]]:
         """Tokens of a few segments: one NUL-joined encode (see ``_segment_tokens``), split
