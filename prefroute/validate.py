@@ -313,6 +313,25 @@ class IdKinds:
             )
 
 
+def is_text_type(kind: pa.DataType) -> bool:
+    """Text as Arrow stores it: string, large_string, string_view, or a dictionary of those
+    (pandas categoricals, Spark's dictionary-encoded columns)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or getattr(pa.types, "is_string_view", lambda _: False)(kind))
+
+
+def plain_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A text column (``is_text_type``) as one plain ``string`` array, so that every input
+    gives one output schema."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    return values if values.type == pa.string() else values.cast(pa.string())
+
+
 def check_id_column(
     ids: pa.Array | pa.ChunkedArray,
     *,
@@ -330,6 +349,8 @@ def check_id_column(
         ids = ids.combine_chunks()
     if pa.types.is_dictionary(ids.type):
         ids = ids.dictionary_decode()
+    if is_text_type(ids.type):
+        ids = plain_text(ids)
 
     def row_of(index: int) -> int | None:
         return None if first_row is None else first_row + index

@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from prefroute.errors import DataError
 from prefroute.router import Router, load_router
 from prefroute.scoring import score_file
 from prefroute.training import load_training_battles, train_router
@@ -249,12 +250,42 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     local = tmp_path / "local.parquet"
     score_file(router, source, local, id_field="request_id", with_decision=True, workers=1,
                batch_size=300, progress=False)
+    # bad inputs for the same cluster: a null prompt deep in the file, a blank one, a null
+    # id; a dictionary-encoded prompt column (pandas categoricals) is text like any other
+    bad_prompts = list(prompts[:n])
+    bad_prompts[1234] = None
+    _write_input(tmp_path / "null.parquet", bad_prompts, _ids(n))
+    bad_prompts[1234] = prompts[1234]
+    bad_prompts[77] = "  \n"
+    _write_input(tmp_path / "blank.parquet", bad_prompts, _ids(n))
+    bad_ids = pa.array([*_ids(n)[:500], None, *_ids(n)[501:]])
+    _write_input(tmp_path / "null_id.parquet", prompts[:n], bad_ids)
+    categorical = tmp_path / "categorical.parquet"
+    pq.write_table(pa.table({"request_id": _ids(n),
+                             "prompt": pa.array(prompts[:n]).dictionary_encode()}), categorical)
     init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = score_with_ray(checkpoint, source, tmp_path / "ray_out", id_field="request_id",
                               with_decision=True, batch_size=100)
+        errors = {}
+        for name in ("null", "blank", "null_id"):
+            with pytest.raises(DataError) as caught:
+                score_with_ray(checkpoint, tmp_path / f"{name}.parquet", tmp_path / f"{name}_out",
+                               id_field="request_id", batch_size=100)
+            errors[name] = caught.value
+            assert not (tmp_path / f"{name}_out").exists()
+        score_with_ray(checkpoint, categorical, tmp_path / "categorical_out",
+                       id_field="request_id", batch_size=100)
     finally:
         ray.shutdown()
+    # one clear error naming the file, the true row (1-based Parquet record) and the field
+    assert (errors["null"].row, errors["null"].field) == (1235, "prompt")
+    assert (errors["blank"].row, errors["blank"].field) == (78, "prompt")
+    assert (errors["null_id"].row, errors["null_id"].field) == (501, "request_id")
+    assert all(e.file.endswith(".parquet") and "Traceback" not in str(e) and len(str(e)) < 200
+               for e in errors.values())
+    categorical_scores = pa.concat_tables(
+        [pq.read_table(p) for p in sorted((tmp_path / "categorical_out").glob("*.parquet"))])
     assert rows == n
     parts = sorted((tmp_path / "ray_out").glob("*.parquet"))
     distributed = pa.concat_tables([pq.read_table(p) for p in parts])
@@ -266,6 +297,50 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     )
     assert distributed.select(expected.column_names).equals(expected)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ray_out")]  # stage renamed
+    np.testing.assert_array_equal(categorical_scores.column("strong_win_prob").to_numpy(),
+                                  expected.column("strong_win_prob").to_numpy())
+
+
+def test_a_prefroute_error_is_unwrapped_from_a_task_error_chain():
+    pytest.importorskip("ray")
+    from prefroute.scoring.ray_engine import _prefroute_error_inside
+
+    class TaskError(RuntimeError):  # as Ray wraps a task's error: the original as the cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("Traceback (most recent call last): ...")
+            self.cause = cause
+
+    original = DataError("empty prompt", field="prompt")
+    try:
+        try:
+            raise TaskError(original)
+        except TaskError as wrapped:
+            raise RuntimeError("Dataset execution failed") from wrapped
+    except RuntimeError as outer:
+        assert _prefroute_error_inside(outer) is original
+    assert _prefroute_error_inside(RuntimeError("no prefroute error here")) is None
+
+
+def test_every_arrow_text_type_is_read_as_text(mf_router, prompts, tmp_path):
+    """Parquet stores text as string, large_string, string_view or a dictionary of those
+    (pandas categoricals): each scores as plain text, with the same output schema."""
+    router, _ = mf_router
+    texts, ids = prompts[:300], _ids(300)
+    types = {"string": lambda a: a, "large": lambda a: a.cast(pa.large_string()),
+             "dictionary": lambda a: a.dictionary_encode()}
+    if hasattr(pa, "string_view"):
+        types["view"] = lambda a: a.cast(pa.string_view())
+    outputs = {}
+    for name, convert in types.items():
+        source = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"request_id": convert(pa.array(ids)),
+                                 "prompt": convert(pa.array(texts))}), source)
+        out = tmp_path / f"{name}_scores.parquet"
+        score_file(router, source, out, id_field="request_id", workers=1, progress=False)
+        outputs[name] = pq.read_table(out)
+    for name, table in outputs.items():
+        assert table.equals(outputs["string"]), name
+    assert outputs["string"].schema.field("prompt").type == pa.string()
 
 
 def test_the_cli_default_batch_size_is_the_engines():

@@ -31,7 +31,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from prefroute.errors import DataError
-from prefroute.validate import IdKinds, check_id, check_id_column, decode_line
+from prefroute.validate import (
+    IdKinds,
+    check_id,
+    check_id_column,
+    decode_line,
+    is_text_type,
+    plain_text,
+)
 
 logger = logging.getLogger("prefroute.scoring")
 
@@ -275,7 +282,7 @@ def _arrow_batches(
             f"missing column; the file has {dataset.schema.names}", file=name, field=missing[0]
         )
     prompt_type = dataset.schema.field(prompt_field).type
-    if not (pa.types.is_string(prompt_type) or pa.types.is_large_string(prompt_type)):
+    if not is_text_type(prompt_type):
         raise DataError(f"expected a text column, got {prompt_type}", file=name, field=prompt_field)
     start = 2 if fmt == "csv" else 1  # as prefroute.validate counts: a CSV header is row 1
     if fmt == "csv":
@@ -297,10 +304,8 @@ def _arrow_batches(
             raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
         if record_batch.num_rows == 0:
             continue
-        prompts = record_batch.column(prompt_field)
-        _check_prompt_column(prompts, name, start, prompt_field)
-        if pa.types.is_large_string(prompts.type):  # one output schema for every file
-            prompts = prompts.cast(pa.string())
+        prompts = plain_text(record_batch.column(prompt_field))  # one output schema
+        check_prompt_column(prompts, name, start, prompt_field)
         ids = None
         if id_field:
             ids = check_id_column(
@@ -322,14 +327,19 @@ def _parquet_batches(
         yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
-def _check_prompt_column(prompts: pa.Array, name: str, start: int, field: str) -> None:
+def check_prompt_column(
+    prompts: pa.Array, name: str | None, start: int | None, field: str
+) -> None:
+    """A DataError at the first null or blank prompt of a plain text column whose first
+    value is row ``start`` (None when unknown)."""
     blank = pc.or_kleene(
         pc.is_null(prompts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
     )
     if pc.any(blank).as_py():
         first = int(pc.index(blank, True).as_py())
         problem = _bad_prompt(prompts[first].as_py())
-        raise DataError(problem or "empty prompt", file=name, row=start + first, field=field)
+        row = None if start is None else start + first
+        raise DataError(problem or "empty prompt", file=name, row=row, field=field)
 
 
 def _locate_csv_error(path: Path, columns: list[str]) -> None:

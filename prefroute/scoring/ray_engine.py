@@ -21,9 +21,15 @@ import pyarrow.parquet as pq
 
 from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
 from prefroute.io import staged_output_dir
-from prefroute.scoring.inputs import count_rows, input_format
+from prefroute.scoring.inputs import (
+    check_prompt_column,
+    count_rows,
+    input_format,
+    iter_prompt_batches,
+)
 from prefroute.scoring.local import score_prompts
 from prefroute.scoring.outputs import Decision, score_table
+from prefroute.validate import check_id_column, is_text_type, plain_text
 
 logger = logging.getLogger("prefroute.scoring")
 
@@ -97,9 +103,19 @@ class RouterActor:
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        prompts = batch.column(self.prompt_field).combine_chunks()
+        # The driver checked every record (_check_input); these checks, without row numbers,
+        # guard against a file changed since.
+        column = batch.column(self.prompt_field)
+        if not is_text_type(column.type):
+            raise DataError(f"expected a text column, got {column.type}",
+                            field=self.prompt_field)
+        prompts = plain_text(column)
+        check_prompt_column(prompts, None, None, self.prompt_field)
         id_field = self.decision.id_field
-        ids = batch.column(id_field).combine_chunks() if id_field else None
+        ids = None
+        if id_field:
+            ids = check_id_column(batch.column(id_field), file=None, first_row=None,
+                                  field=id_field)
         probs = score_prompts(self.router, prompts, self.batch_size)
         return score_table(prompts, ids, np.asarray(probs), self.decision)
 
@@ -163,6 +179,36 @@ def _read(ray: Any, path: Path, columns: list[str], blocks: int | None) -> Any:
     raise DataError("--engine ray reads Parquet, CSV or JSON Lines", file=str(path))
 
 
+def _check_input(path: Path, prompt_field: str, id_field: str | None, batch_size: int) -> None:
+    """Read the prompt and id columns once on the driver through the local path's checks, so
+    a bad record is one DataError naming its file, row and field before the cluster starts
+    work. Ray batches do not know their row numbers, and a task that raises can leave Ray
+    Data waiting instead of aborting (seen with Ray 2.51 on a 2-CPU local cluster)."""
+    for _ in iter_prompt_batches(path, batch_size=batch_size, prompt_field=prompt_field,
+                                 id_field=id_field):
+        pass
+
+
+def _prefroute_error_inside(error: BaseException) -> PrefrouteError | None:
+    """The prefroute error a Ray task raised, unwrapped from Ray's exception chain."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # Ray re-raises a task's error as a class deriving from both RayTaskError and the
+        # original, whose text is a traceback: only the original's own class will do
+        if isinstance(current, PrefrouteError) and type(current).__module__.startswith(
+                "prefroute."):
+            return current
+        cause = getattr(current, "cause", None)
+        todo += [current.__cause__, current.__context__,
+                 cause if isinstance(cause, BaseException) else None]
+    return None
+
+
 def score_with_ray(
     checkpoint: str | Path,
     prompts_path: str | Path,
@@ -200,6 +246,7 @@ def score_with_ray(
         with_prompt,
     )
     columns = [prompt_field] + ([id_field] if id_field and id_field != prompt_field else [])
+    _check_input(prompts_path, prompt_field, id_field, batch_size)
     ray = _import_ray()
     if not ray.is_initialized():
         init_ray(address=address, include_dashboard=False, log_to_driver=False)
@@ -229,7 +276,13 @@ def score_with_ray(
             concurrency=actors,
             num_cpus=1,
         )
-        scored.write_datasink(ordered_parquet_sink(stage))
+        try:
+            scored.write_datasink(ordered_parquet_sink(stage))
+        except Exception as e:
+            inner = _prefroute_error_inside(e)
+            if inner is None:
+                raise
+            raise inner.with_traceback(None) from None
         rows = sum(
             pq.ParquetFile(f).metadata.num_rows for f in sorted(stage.glob("*.parquet"))
         )
