@@ -1,0 +1,131 @@
+"""Variants of the disagreement selector against random picks, with the two-part learner.
+
+Same split and learner as ``bench_label_efficiency.py --learner two_part`` (fold 0 of the
+grouped 5-fold split is the test set; the pool is the other folds' distinct prompts; the
+first 50 labels are random, then rounds at each size). Each round draws the new picks from
+the unlabelled pool by the predicted chance that the two models disagree, d:
+
+- ``pow2``: in proportion to d**2 (what ``augment select --labelled`` does);
+- ``pow4``: in proportion to d**4 (sharper);
+- ``iw2``: as pow2, and the learner weights each pick by 1 / (its draw probability), the
+  importance weights that undo the selection's bias;
+- ``mix``: half the round at random, half in proportion to d**2;
+- ``top``: the round's k highest d, no draw.
+
+Prints mean APGR per size and each variant at half the largest size minus random at the
+largest (Welch 95% CI over seeds).
+
+    python benchmarks/bench_selection_variants.py mmlu --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = {"mmlu": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+         "gsm8k": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")}
+SIZES = (50, 100, 200, 400, 800, 1600)
+
+
+def main() -> None:
+    from prefroute.data.outcomes import load_outcomes
+    from prefroute.embed.features import FeatureAugmentedEmbedder
+    from prefroute.evaluate.metrics import router_metrics
+    from prefroute.evaluate.protocols import crossfit_folds
+    from prefroute.routers.logistic import decisive_parts, fit_two_part_logistic, two_part_proba
+    from prefroute.selection import disagreement_probability
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("benchmark", choices=sorted(PAIRS))
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+
+    strong, weak = PAIRS[args.benchmark]
+    table = load_outcomes(args.benchmark, args.data_dir)
+    table = table.subset(np.flatnonzero(table.complete_rows([strong, weak])))
+    folds = crossfit_folds(table, strong, weak, n_folds=5, seed=0)
+    pool_rows = np.flatnonzero(folds != 0)
+    _, first = np.unique(np.array([table.prompts[i] for i in pool_rows], dtype=object),
+                         return_index=True)
+    pool_rows = pool_rows[np.sort(first)]
+    test_rows = np.flatnonzero(folds == 0)
+    pool = [table.prompts[i] for i in pool_rows]
+    embedder = FeatureAugmentedEmbedder(feature_weight=1.0).fit(pool)
+    x_pool = embedder.encode(pool).astype(np.float64)
+    x_test = embedder.encode([table.prompts[i] for i in test_rows]).astype(np.float64)
+    labels = (table.column(strong)[pool_rows] - table.column(weak)[pool_rows] + 1.0) / 2.0
+    s_test, w_test = table.column(strong)[test_rows], table.column(weak)[test_rows]
+    disagreed, _ = decisive_parts(labels)
+    sizes = [n for n in SIZES if n <= len(pool)]  # GSM8K's pool (1,055) stops at 800
+
+    def apgr_of(idx: np.ndarray, weights: np.ndarray | None = None) -> float:
+        w = np.ones(len(idx)) if weights is None else weights
+        tie, direction = fit_two_part_logistic(x_pool[idx], labels[idx], w, c=1.0)
+        probs = two_part_proba(x_test, tie, direction)
+        return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
+
+    def rounds(seed: int, kind: str) -> tuple[list[float], float]:
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(len(pool), sizes[0], replace=False)
+        weights = np.ones(len(chosen))
+        curve = [apgr_of(chosen)]
+        for n in sizes[1:]:
+            free = np.setdiff1d(np.arange(len(pool)), chosen)
+            k = n - len(chosen)
+            d = disagreement_probability(x_pool[free], x_pool[chosen], disagreed[chosen])
+            new_weights = np.ones(k)
+            if kind in ("pow2", "pow4", "iw2"):
+                p = d ** (4.0 if kind == "pow4" else 2.0)
+                p /= p.sum()
+                picks = rng.choice(len(free), k, replace=False, p=p)
+                if kind == "iw2":
+                    new_weights = 1.0 / (p[picks] * len(free))
+                    new_weights /= new_weights.mean()
+            elif kind == "mix":
+                at_random = rng.choice(len(free), k // 2, replace=False)
+                rest = np.setdiff1d(np.arange(len(free)), at_random)
+                p = d[rest] ** 2 / (d[rest] ** 2).sum()
+                picks = np.concatenate(
+                    [at_random, rest[rng.choice(len(rest), k - k // 2, replace=False, p=p)]])
+            elif kind == "top":
+                picks = np.argsort(-d)[:k]
+            else:
+                raise SystemExit(f"unknown variant {kind}")
+            chosen = np.concatenate([chosen, free[picks]])
+            weights = np.concatenate([weights, new_weights])
+            curve.append(apgr_of(chosen, weights if kind == "iw2" else None))
+        return curve, float(disagreed[chosen].mean())
+
+    curves: dict[str, np.ndarray] = {}
+    for kind in ["random", *variants]:
+        runs, shares = [], []
+        for seed in range(args.seeds):
+            if kind == "random":
+                rng = np.random.default_rng(seed)
+                runs.append([apgr_of(rng.choice(len(pool), n, replace=False)) for n in sizes])
+            else:
+                curve, share = rounds(seed, kind)
+                runs.append(curve)
+                shares.append(share)
+        curves[kind] = np.array(runs)
+        share_text = f"; decisive share of the labels {np.mean(shares):.3f}" if shares else ""
+        print(f"{kind}: mean APGR at {sizes}: {np.round(curves[kind].mean(0), 3).tolist()}"
+              f"{share_text}")
+    full = curves["random"][:, -1]
+    for kind in variants:
+        half = curves[kind][:, -2]
+        diff = half.mean() - full.mean()
+        se = np.sqrt(half.var(ddof=1) / len(half) + full.var(ddof=1) / len(full))
+        print(f"{kind} at {sizes[-2]} minus random at {sizes[-1]}: {diff:+.3f} "
+              f"[{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}]")
+
+
+if __name__ == "__main__":
+    main()
