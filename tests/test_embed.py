@@ -192,6 +192,8 @@ EDGE_TEXTS = [
     "    def f():\n        return 1\n",
     "\u2581already",
     "a\u2581\u2581b",
+    "a \u2581 b\u2581 c",  # spaces and "▁" side by side: both normalise to "▁"
+    "same \u2581same same\u2581 \u2581same",  # one segment written both ways
     " " * 40 + "z",
     "a</s>b",
     "x <s> y",
