@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +40,24 @@ PAIRS = {"mmlu": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
 METHODS = ("random", "select", "select_router", "select_disagreement")
 
 
-def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
-        methods: tuple[str, ...] = METHODS) -> dict:
-    from scipy.special import expit
+@dataclass
+class LabelSplit:
+    """Fold 0 of the grouped 5-fold split (seed 0) as the test set, the other folds' distinct
+    prompts as the pool, both embedded (wordllama + surface features fitted on the pool)."""
 
+    pool: list[str]
+    x_pool: np.ndarray
+    labels: np.ndarray  # (strong correct - weak correct + 1) / 2 per pool prompt
+    test_rows: np.ndarray
+    x_test: np.ndarray
+    s_test: np.ndarray
+    w_test: np.ndarray
+
+
+def pool_and_test(bench: str, data_dir: Path) -> LabelSplit:
     from prefroute.data.outcomes import load_outcomes
     from prefroute.embed.features import FeatureAugmentedEmbedder
-    from prefroute.evaluate.metrics import router_metrics
     from prefroute.evaluate.protocols import crossfit_folds
-    from prefroute.routers.logistic import (
-        decisive_parts,
-        fit_soft_logistic,
-        fit_two_part_logistic,
-        two_part_proba,
-    )
-    from prefroute.selection import disagreement_probability, select_prompts
 
     strong, weak = PAIRS[bench]
     table = load_outcomes(bench, data_dir)
@@ -67,11 +71,35 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
     test_rows = np.flatnonzero(folds == 0)
     pool = [table.prompts[i] for i in pool_rows]
     embedder = FeatureAugmentedEmbedder(feature_weight=1.0).fit(pool)
-    x_pool = embedder.encode(pool).astype(np.float64)
-    x_test = embedder.encode([table.prompts[i] for i in test_rows]).astype(np.float64)
     s_pool, w_pool = table.column(strong)[pool_rows], table.column(weak)[pool_rows]
-    labels = (s_pool - w_pool + 1.0) / 2.0
-    s_test, w_test = table.column(strong)[test_rows], table.column(weak)[test_rows]
+    return LabelSplit(
+        pool=pool,
+        x_pool=embedder.encode(pool).astype(np.float64),
+        labels=(s_pool - w_pool + 1.0) / 2.0,
+        test_rows=test_rows,
+        x_test=embedder.encode([table.prompts[i] for i in test_rows]).astype(np.float64),
+        s_test=table.column(strong)[test_rows],
+        w_test=table.column(weak)[test_rows],
+    )
+
+
+def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
+        methods: tuple[str, ...] = METHODS) -> dict:
+    from scipy.special import expit
+
+    from prefroute.evaluate.metrics import router_metrics
+    from prefroute.routers.logistic import (
+        decisive_parts,
+        fit_soft_logistic,
+        fit_two_part_logistic,
+        two_part_proba,
+    )
+    from prefroute.selection import disagreement_probability, select_prompts
+
+    strong, weak = PAIRS[bench]
+    split = pool_and_test(bench, data_dir)
+    pool, x_pool, x_test, labels = split.pool, split.x_pool, split.x_test, split.labels
+    s_test, w_test, test_rows = split.s_test, split.w_test, split.test_rows
 
     def apgr_of(idx: np.ndarray) -> float:
         """The learner (LogisticRouter's, plain or two_part) on the labels of ``idx``."""

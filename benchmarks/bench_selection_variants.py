@@ -26,42 +26,27 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = {"mmlu": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
-         "gsm8k": ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")}
 SIZES = (50, 100, 200, 400, 800, 1600)
 
 
 def main() -> None:
-    from prefroute.data.outcomes import load_outcomes
-    from prefroute.embed.features import FeatureAugmentedEmbedder
+    from bench_label_efficiency import pool_and_test  # this folder is on sys.path
+
     from prefroute.evaluate.metrics import router_metrics
-    from prefroute.evaluate.protocols import crossfit_folds
     from prefroute.routers.logistic import decisive_parts, fit_two_part_logistic, two_part_proba
     from prefroute.selection import disagreement_probability
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("benchmark", choices=sorted(PAIRS))
+    parser.add_argument("benchmark", choices=("mmlu", "gsm8k"))
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top")
     args = parser.parse_args()
     variants = args.variants.split(",")
 
-    strong, weak = PAIRS[args.benchmark]
-    table = load_outcomes(args.benchmark, args.data_dir)
-    table = table.subset(np.flatnonzero(table.complete_rows([strong, weak])))
-    folds = crossfit_folds(table, strong, weak, n_folds=5, seed=0)
-    pool_rows = np.flatnonzero(folds != 0)
-    _, first = np.unique(np.array([table.prompts[i] for i in pool_rows], dtype=object),
-                         return_index=True)
-    pool_rows = pool_rows[np.sort(first)]
-    test_rows = np.flatnonzero(folds == 0)
-    pool = [table.prompts[i] for i in pool_rows]
-    embedder = FeatureAugmentedEmbedder(feature_weight=1.0).fit(pool)
-    x_pool = embedder.encode(pool).astype(np.float64)
-    x_test = embedder.encode([table.prompts[i] for i in test_rows]).astype(np.float64)
-    labels = (table.column(strong)[pool_rows] - table.column(weak)[pool_rows] + 1.0) / 2.0
-    s_test, w_test = table.column(strong)[test_rows], table.column(weak)[test_rows]
+    split = pool_and_test(args.benchmark, args.data_dir)
+    pool, x_pool, x_test, labels = split.pool, split.x_pool, split.x_test, split.labels
+    s_test, w_test = split.s_test, split.w_test
     disagreed, _ = decisive_parts(labels)
     sizes = [n for n in SIZES if n <= len(pool)]  # GSM8K's pool (1,055) stops at 800
 
