@@ -38,7 +38,8 @@ from prefroute.data.aliases import ModelAliases
 from prefroute.data.battles import Battles
 from prefroute.data.loaders import apply_aliases, load_source
 from prefroute.embed import CachedEmbedder, build_embedder
-from prefroute.routers.mf import MFNet, MFRouter
+from prefroute.routers.mf import MFRouter
+from prefroute.routers.mf_training import MFNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from held_out_queries import QUERY_TABLES, query_pool, reset_token_cache, split_pool  # noqa: E402

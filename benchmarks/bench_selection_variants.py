@@ -15,7 +15,7 @@ the unlabelled pool by the predicted chance that the two models disagree, d:
 Prints mean APGR per size and each variant at half the largest size minus random at the
 largest (Welch 95% CI over seeds).
 
-    python benchmarks/bench_selection_variants.py mmlu --seeds 10
+    python benchmarks/bench_selection_variants.py --benchmarks mmlu,gsm8k --seeds 10
 """
 
 from __future__ import annotations
@@ -30,21 +30,28 @@ SIZES = (50, 100, 200, 400, 800, 1600)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--benchmarks", default="mmlu,gsm8k", help="mmlu, gsm8k or both")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top")
+    args = parser.parse_args()
+    for bench in args.benchmarks.split(","):
+        if bench not in ("mmlu", "gsm8k"):
+            raise SystemExit(f"unknown benchmark {bench!r}: mmlu or gsm8k")
+        print(f"== {bench}")
+        compare(bench, args.data_dir, args.seeds, args.variants.split(","))
+
+
+def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None:
+    """Print each variant's curve and its half-size figure against random's largest."""
     from bench_label_efficiency import pool_and_test  # this folder is on sys.path
 
     from prefroute.evaluate.metrics import router_metrics
     from prefroute.routers.logistic import decisive_parts, fit_two_part_logistic, two_part_proba
     from prefroute.selection import disagreement_probability
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("benchmark", choices=("mmlu", "gsm8k"))
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top")
-    args = parser.parse_args()
-    variants = args.variants.split(",")
-
-    split = pool_and_test(args.benchmark, args.data_dir)
+    split = pool_and_test(bench, data_dir)
     pool, x_pool, x_test, labels = split.pool, split.x_pool, split.x_test, split.labels
     s_test, w_test = split.s_test, split.w_test
     disagreed, _ = decisive_parts(labels)
@@ -91,7 +98,7 @@ def main() -> None:
     curves: dict[str, np.ndarray] = {}
     for kind in ["random", *variants]:
         runs, shares = [], []
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             if kind == "random":
                 rng = np.random.default_rng(seed)
                 runs.append([apgr_of(rng.choice(len(pool), n, replace=False)) for n in sizes])

@@ -166,3 +166,16 @@ def test_quick_start_and_every_cli_example_run_verbatim(fresh_copy):
         )  # fmt: skip
         assert result.returncode == 0, f"{block}\n{result.stderr[-3000:]}"
     assert (repo / "runs" / "mf" / "README.md").exists()
+
+
+def test_every_benchmark_script_starts():
+    """`benchmarks/run_all --help-check`: each bench_*.py imports what it uses and parses
+    --help (a benchmark broken by a moved class fails here, not months later)."""
+    done = subprocess.run(
+        [str(REPO_ROOT / "benchmarks" / "run_all"), "--help-check"],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    scripts = sorted(p.stem for p in (REPO_ROOT / "benchmarks").glob("bench_*.py"))
+    assert all(f"ok: {name} --help" in done.stdout for name in scripts), done.stdout[-2000:]
