@@ -349,7 +349,7 @@ def check_id_column(
         ids = ids.combine_chunks()
     if pa.types.is_dictionary(ids.type):
         ids = ids.dictionary_decode()
-    if is_text_type(ids.type):
+    if is_text_type(ids.type):  # large, view: plain string
         ids = plain_text(ids)
 
     def row_of(index: int) -> int | None:
@@ -368,12 +368,11 @@ def check_id_column(
             if i is not None:
                 check_id(ids[i].as_py(), file=file, row=row_of(i), field=field)
         ids = ids.cast(pa.int64())
-    elif pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+    elif ids.type == pa.string():
         kind = "string"
         i = first(pc.equal(pc.utf8_length(ids), 0))
         if i is not None:
             raise DataError("id is empty", file=file, row=row_of(i), field=field)
-        ids = ids.cast(pa.string())
     else:
         if len(ids):  # the first value's own message: "id 2.5 is a number that is not..."
             check_id(ids[0].as_py(), file=file, row=row_of(0), field=field)

@@ -255,7 +255,7 @@ class SegmentTokenizer:
         if long_segments.any():
             where = np.flatnonzero(long_segments)
             long_tokens, lengths = self._segment_tokens(
-                [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
+                _segment_texts(joined, seg_starts[where], seg_chars[where])
             )
             slots[where] = np.arange(len(token_counts), len(token_counts) + len(where))
             token_starts = np.concatenate([token_starts, len(tokens) + _exclusive_cumsum(lengths)])
@@ -303,7 +303,7 @@ class SegmentTokenizer:
             with self._lock:
                 if self.cached_segments > self.max_segments:
                     self._clear()
-                generation = self._generation
+                generation, size = self._generation, self.cached_segments
                 slots = self._lookup(hashes)
                 missing = (slots < 0) & ~long_segments
                 if not missing.any():
@@ -313,12 +313,15 @@ class SegmentTokenizer:
             )
             where = np.flatnonzero(missing)[first]
             flat, lengths = self._segment_tokens(
-                [joined[s : s + n] for s, n in zip(seg_starts[where], seg_chars[where])]
+                _segment_texts(joined, seg_starts[where], seg_chars[where])
             )
             with self._lock:
                 if generation != self._generation:
                     continue  # cleared meanwhile: the slots above point into nothing
-                slots[missing] = self._insert(new_hashes, flat, lengths)[inverse.reshape(-1)]
+                # nothing cached since the lookup (the usual case): every hash is still new
+                all_new = self.cached_segments == size
+                slots[missing] = self._insert(new_hashes, flat, lengths, all_new)[
+                    inverse.reshape(-1)]
                 return slots, self._views()
 
     def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,10 +370,13 @@ class SegmentTokenizer:
                 slots[absent] = [get(h, -1) for h in hashes[absent].tolist()]
         return slots
 
-    def _insert(self, hashes: np.ndarray, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _insert(
+        self, hashes: np.ndarray, flat: np.ndarray, lengths: np.ndarray, all_new: bool
+    ) -> np.ndarray:
         """Cache distinct ``hashes`` whose segments have tokens ``flat`` (``lengths`` each);
-        the slot of each. Hashes another call cached meanwhile keep their slot."""
-        slots = self._lookup(hashes)
+        the slot of each. Unless ``all_new``, hashes another call cached meanwhile keep their
+        slot."""
+        slots = np.full(len(hashes), -1, np.int64) if all_new else self._lookup(hashes)
         new = slots < 0
         if not new.any():
             return slots
@@ -509,6 +515,10 @@ def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
                 tables.append(np.cumprod(factors, dtype=np.uint64))
         _POWER_TABLES[:] = tables
     return _POWER_TABLES[0], _POWER_TABLES[1]
+
+
+def _segment_texts(joined: str, starts: np.ndarray, lengths: np.ndarray) -> list[str]:
+    return [joined[s : s + n] for s, n in zip(starts, lengths)]
 
 
 def _exclusive_cumsum(values: Any) -> np.ndarray:

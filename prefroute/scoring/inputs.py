@@ -281,9 +281,7 @@ def _arrow_batches(
         raise DataError(
             f"missing column; the file has {dataset.schema.names}", file=name, field=missing[0]
         )
-    prompt_type = dataset.schema.field(prompt_field).type
-    if not is_text_type(prompt_type):
-        raise DataError(f"expected a text column, got {prompt_type}", file=name, field=prompt_field)
+    _check_text_type(dataset.schema.field(prompt_field).type, name, prompt_field)
     start = 2 if fmt == "csv" else 1  # as prefroute.validate counts: a CSV header is row 1
     if fmt == "csv":
         scanner = dataset.to_batches(
@@ -304,8 +302,8 @@ def _arrow_batches(
             raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
         if record_batch.num_rows == 0:
             continue
-        prompts = plain_text(record_batch.column(prompt_field))  # one output schema
-        check_prompt_column(prompts, name, start, prompt_field)
+        prompts = checked_prompt_column(record_batch.column(prompt_field), name, start,
+                                        prompt_field)
         ids = None
         if id_field:
             ids = check_id_column(
@@ -327,11 +325,19 @@ def _parquet_batches(
         yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
 
 
-def check_prompt_column(
-    prompts: pa.Array, name: str | None, start: int | None, field: str
-) -> None:
-    """A DataError at the first null or blank prompt of a plain text column whose first
-    value is row ``start`` (None when unknown)."""
+def _check_text_type(kind: pa.DataType, name: str | None, field: str) -> None:
+    if not is_text_type(kind):
+        raise DataError(f"expected a text column, got {kind}", file=name, field=field)
+
+
+def checked_prompt_column(
+    column: pa.Array | pa.ChunkedArray, name: str | None, start: int | None, field: str
+) -> pa.Array:
+    """``column`` as one plain string array (one output schema for every input); a
+    DataError for a column that is not text or at its first null or blank prompt, whose row
+    counts from ``start`` (None when unknown)."""
+    _check_text_type(column.type, name, field)
+    prompts = plain_text(column)
     blank = pc.or_kleene(
         pc.is_null(prompts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(prompts)), 0)
     )
@@ -340,6 +346,7 @@ def check_prompt_column(
         problem = _bad_prompt(prompts[first].as_py())
         row = None if start is None else start + first
         raise DataError(problem or "empty prompt", file=name, row=row, field=field)
+    return prompts
 
 
 def _locate_csv_error(path: Path, columns: list[str]) -> None:

@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 from prefroute.errors import ConfigError, DataError, PrefrouteError, check_int
 from prefroute.io import staged_output_dir
 from prefroute.scoring.inputs import (
-    check_prompt_column,
+    checked_prompt_column,
     count_rows,
     input_format,
     iter_prompt_batches,
 )
 from prefroute.scoring.local import score_prompts
 from prefroute.scoring.outputs import Decision, score_table
-from prefroute.validate import check_id_column, is_text_type, plain_text
+from prefroute.validate import check_id_column
 
 logger = logging.getLogger("prefroute.scoring")
 
@@ -105,12 +105,8 @@ class RouterActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         # The driver checked every record (_check_input); these checks, without row numbers,
         # guard against a file changed since.
-        column = batch.column(self.prompt_field)
-        if not is_text_type(column.type):
-            raise DataError(f"expected a text column, got {column.type}",
-                            field=self.prompt_field)
-        prompts = plain_text(column)
-        check_prompt_column(prompts, None, None, self.prompt_field)
+        prompts = checked_prompt_column(batch.column(self.prompt_field), None, None,
+                                        self.prompt_field)
         id_field = self.decision.id_field
         ids = None
         if id_field:
