@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from prefroute.errors import DataError
+from prefroute.errors import DataError, PrefrouteError
 from prefroute.router import Router, load_router
 from prefroute.scoring import score_file
 from prefroute.training import load_training_battles, train_router
@@ -238,6 +238,29 @@ def test_a_million_row_file_streams_in_bounded_memory(mf_router, data_dir, tmp_p
     )
 
 
+CRASH_MARKER = "<crash the router here>"
+
+
+def crash_on_marker_hook():
+    """A Ray worker set-up hook under which scoring a batch that holds CRASH_MARKER raises.
+    Defined inside a function so Ray pickles it by value: workers cannot import this module."""
+    marker = CRASH_MARKER
+
+    def hook() -> None:
+        import prefroute.scoring.ray_engine as engine
+
+        score = engine.score_prompts
+
+        def crashing(router, prompts, batch_size):
+            if any(marker in p for p in prompts.to_pylist()):
+                raise ZeroDivisionError(f"{marker} in a batch")
+            return score(router, prompts, batch_size)
+
+        engine.score_prompts = crashing
+
+    return hook
+
+
 @pytest.mark.slow  # starts a Ray cluster: ~20 s on a quiet machine
 def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     ray = pytest.importorskip("ray")
@@ -263,7 +286,13 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     categorical = tmp_path / "categorical.parquet"
     pq.write_table(pa.table({"request_id": _ids(n),
                              "prompt": pa.array(prompts[:n]).dictionary_encode()}), categorical)
-    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a prompt that passes every check but crashes the router inside an actor (a bug, a
+    # worker out of memory): the workers' scoring fails on the marker, nowhere else
+    crashing = list(prompts[:n])
+    crashing[1500] += " " + CRASH_MARKER
+    _write_input(tmp_path / "crash.parquet", crashing, _ids(n))
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": crash_on_marker_hook()})
     try:
         rows = score_with_ray(checkpoint, source, tmp_path / "ray_out", id_field="request_id",
                               with_decision=True, batch_size=100)
@@ -276,8 +305,17 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
             assert not (tmp_path / f"{name}_out").exists()
         score_with_ray(checkpoint, categorical, tmp_path / "categorical_out",
                        id_field="request_id", batch_size=100)
+        # the failure comes back as one error, and no output, instead of a hang or a traceback
+        with pytest.raises(PrefrouteError) as crashed:
+            score_with_ray(checkpoint, tmp_path / "crash.parquet", tmp_path / "crash_out",
+                           id_field="request_id", batch_size=100)
+        assert not (tmp_path / "crash_out").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".crash_out")]
     finally:
         ray.shutdown()
+    assert str(crashed.value) == (
+        f"scoring failed on a Ray worker: ZeroDivisionError: {CRASH_MARKER} in a batch")
+    assert "Traceback" in "".join(crashed.value.__notes__)  # the worker's, for --debug
     # one clear error naming the file, the true row (1-based Parquet record) and the field
     assert (errors["null"].row, errors["null"].field) == (1235, "prompt")
     assert (errors["blank"].row, errors["blank"].field) == (78, "prompt")

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ logger = logging.getLogger("prefroute.scoring")
 
 # a checkpoint folder holds config, tensors and an index; anything much larger is not one
 _MAX_CHECKPOINT_BYTES = 4 << 30
+# A batch an actor failed to score comes back as one row of these columns instead of an
+# exception: a Ray task that raises can leave Ray Data waiting for good (seen with Ray 2.51 on
+# a 2-CPU local cluster), so failures travel as data and the driver raises them afterwards.
+ERROR_COLUMN = "__prefroute_error__"
+TRACEBACK_COLUMN = "__prefroute_traceback__"
 
 
 def _import_ray() -> Any:
@@ -101,8 +107,23 @@ class RouterActor:
         self.prompt_field = prompt_field
         self.decision = decision
         self.batch_size = batch_size
+        self._failure: pa.Table | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Scores of ``batch``; after a failure, the failure (later batches are not scored)."""
+        if self._failure is None:
+            try:
+                return self._score(batch)
+            except Exception as e:
+                message = str(e) if isinstance(e, PrefrouteError) else (
+                    f"{type(e).__name__}: {e}")
+                self._failure = pa.table({
+                    ERROR_COLUMN: [f"scoring failed on a Ray worker: {message}"],
+                    TRACEBACK_COLUMN: ["".join(traceback.format_exception(e))],
+                })
+        return self._failure
+
+    def _score(self, batch: pa.Table) -> pa.Table:
         # The driver checked every record (_check_input); these checks, without row numbers,
         # guard against a file changed since.
         prompts = checked_prompt_column(batch.column(self.prompt_field), None, None,
@@ -130,8 +151,10 @@ def ordered_parquet_sink(folder: Path) -> Any:
     class OrderedParquetSink(Datasink):
         def __init__(self, target: str) -> None:
             self.target = target
+            self.failures: list[tuple[str, str]] = []
 
-        def write(self, blocks: Any, ctx: Any) -> int:
+        def write(self, blocks: Any, ctx: Any) -> int | tuple[str, str]:
+            """Rows written, or (message, traceback) of a batch an actor failed to score."""
             path = Path(self.target) / f"part-{ctx.task_idx:06d}.parquet"
             partial = path.with_name(f".{path.name}.partial")
             writer: pq.ParquetWriter | None = None
@@ -139,6 +162,13 @@ def ordered_parquet_sink(folder: Path) -> Any:
             try:
                 for block in blocks:
                     table = BlockAccessor.for_block(block).to_arrow()
+                    failure = _failure_in(table)
+                    if failure is not None:
+                        if writer is not None:
+                            writer.close()
+                            writer = None
+                            partial.unlink()
+                        return failure
                     if table.num_rows == 0:
                         continue
                     if writer is None:
@@ -154,7 +184,23 @@ def ordered_parquet_sink(folder: Path) -> Any:
                 os.replace(partial, path)
             return rows
 
+        def on_write_complete(self, write_result: Any) -> None:
+            self.failures = [r for r in write_result.write_returns if isinstance(r, tuple)]
+
     return OrderedParquetSink(str(folder))
+
+
+def _failure_in(table: pa.Table) -> tuple[str, str] | None:
+    """The (message, traceback) of a failed batch inside a block, if the block holds one (Ray
+    may have merged it with other batches' scores, filling its other columns with nulls)."""
+    if ERROR_COLUMN not in table.column_names:
+        return None
+    messages = table.column(ERROR_COLUMN)
+    tracebacks = table.column(TRACEBACK_COLUMN)
+    for message, trace in zip(messages.to_pylist(), tracebacks.to_pylist()):
+        if message is not None:
+            return message, trace or ""
+    return None
 
 
 def _read(ray: Any, path: Path, columns: list[str], blocks: int | None) -> Any:
@@ -272,13 +318,19 @@ def score_with_ray(
             concurrency=actors,
             num_cpus=1,
         )
+        sink = ordered_parquet_sink(stage)
         try:
-            scored.write_datasink(ordered_parquet_sink(stage))
+            scored.write_datasink(sink)
         except Exception as e:
             inner = _prefroute_error_inside(e)
             if inner is None:
                 raise
             raise inner.with_traceback(None) from None
+        if sink.failures:
+            message, worker_traceback = sink.failures[0]
+            error = PrefrouteError(message)
+            error.add_note("On the Ray worker:\n" + worker_traceback)  # shown with --debug
+            raise error
         rows = sum(
             pq.ParquetFile(f).metadata.num_rows for f in sorted(stage.glob("*.parquet"))
         )
