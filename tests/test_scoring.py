@@ -124,6 +124,30 @@ def test_parallel_scoring_gives_the_same_rows_in_the_same_order(
     assert pq.read_table(one).equals(pq.read_table(many))
 
 
+def test_a_prompts_score_does_not_depend_on_the_batch_it_is_in(
+        mf_router, data_dir, prompts, tmp_path):
+    """mf and logistic scores are bitwise the same however the prompts are batched, so every
+    engine and option (batch size, threads, workers, Ray's batches) writes identical scores."""
+    router, _ = mf_router
+    battles = load_training_battles(["alpaca_eval"], data_dir)
+    logistic = train_router("logistic", battles, strong_model=PAIR[0], weak_model=PAIR[1])
+    for predictor in (router.predictor, logistic):
+        whole = predictor.predict_proba(prompts, batch_size=4096)
+        for size in (1000, 333, 7):
+            np.testing.assert_array_equal(predictor.predict_proba(prompts, batch_size=size), whole)
+        one_by_one = np.concatenate([predictor.predict_proba(p) for p in prompts[:41]])
+        np.testing.assert_array_equal(one_by_one, whole[:41])
+    source = tmp_path / "in.jsonl"
+    _write_input(source, prompts, _ids(len(prompts)))
+    outputs = []
+    for i, options in enumerate(({}, {"batch_size": 333, "threads": 1},
+                                 {"batch_size": 257, "workers": 2})):
+        outputs.append(tmp_path / f"out{i}.parquet")
+        score_file(router, source, outputs[-1], id_field="request_id", progress=False, **options)
+    first = pq.read_table(outputs[0])
+    assert all(pq.read_table(out).equals(first) for out in outputs[1:])
+
+
 def test_threads_are_refused_for_a_router_that_is_not_thread_safe(data_dir, prompts, tmp_path):
     from prefroute.errors import ConfigError
 

@@ -48,6 +48,17 @@ BUILTIN_ROUTERS = {
 }
 
 
+def row_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``rows @ vector``, where each row's result never depends on the other rows.
+
+    BLAS matrix-vector kernels handle a batch's last few rows with other code than the rest,
+    so the same prompt's score could move by an ulp with the batch it sits in (and differ
+    between --workers, --threads and Ray). einsum's row loop is the same for every row, and
+    as fast here.
+    """
+    return np.einsum("ij,j->i", rows, vector)
+
+
 def register_router(cls: type[WinPredictor]) -> type[WinPredictor]:
     """Class decorator: make ``cls`` loadable by its ``router_type``."""
     ROUTERS[cls.router_type] = cls

@@ -25,7 +25,7 @@ from prefroute.data.battles import Battles
 from prefroute.embed.base import Embedder
 from prefroute.errors import ConfigError, check_choice, check_int, check_range
 from prefroute.router import checked_tensor, checkpoint_embedder, is_number
-from prefroute.routers.base import WinPredictor, register_router
+from prefroute.routers.base import WinPredictor, register_router, row_dot
 from prefroute.routers.embedding_io import fitted_embedder
 from prefroute.routers.pair_data import pair_rows
 
@@ -93,8 +93,8 @@ def fit_two_part_logistic(x: np.ndarray, labels: np.ndarray, weights: np.ndarray
 
 def two_part_proba(x: np.ndarray, tie: LinearModel, direction: LinearModel) -> np.ndarray:
     """P(strong wins) = 1/2 + P(decisive) (P(strong wins | decisive) - 1/2)."""
-    decisive = expit(x @ tie[0] + tie[1])
-    return 0.5 + decisive * (expit(x @ direction[0] + direction[1]) - 0.5)
+    decisive = expit(row_dot(x, tie[0]) + tie[1])
+    return 0.5 + decisive * (expit(row_dot(x, direction[0]) + direction[1]) - 0.5)
 
 
 @register_router
@@ -158,7 +158,7 @@ class LogisticRouter(WinPredictor):
     def _predict(self, prompts: list[str]) -> np.ndarray:
         x = self.embedder_.encode(prompts).astype(np.float64)
         if not self.two_part:
-            return expit(x @ self.coef_ + self.intercept_)
+            return expit(row_dot(x, self.coef_) + self.intercept_)
         return two_part_proba(x, (self.tie_coef_, self.tie_intercept_),
                               (self.coef_, self.intercept_))
 

@@ -42,7 +42,7 @@ from prefroute.errors import (
     check_int,
     check_range,
 )
-from prefroute.routers.base import NotFittedError, WinPredictor, register_router
+from prefroute.routers.base import NotFittedError, WinPredictor, register_router, row_dot
 
 _TIES = ("tie", "tie (bothbad)")
 _TENSORS = ("P", "W", "w")
@@ -351,7 +351,7 @@ class MFRouter(WinPredictor):
 
     def _predict(self, prompts: list[str]) -> np.ndarray:
         vector, offset = self.pair_vector(self.strong_model, self.weak_model)
-        return expit(self.embedder_.encode(prompts).astype(np.float64) @ vector + offset)
+        return expit(row_dot(self.embedder_.encode(prompts).astype(np.float64), vector) + offset)
 
     def pair_proba(
         self, prompts: Sequence[str] | str, model_a: str, model_b: str, *, batch_size: int = 1024
@@ -363,7 +363,7 @@ class MFRouter(WinPredictor):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             out[start : start + len(chunk)] = expit(
-                self.embedder_.encode(chunk).astype(np.float64) @ vector + offset
+                row_dot(self.embedder_.encode(chunk).astype(np.float64), vector) + offset
             )
         return out
 
