@@ -263,30 +263,45 @@ def test_a_million_row_file_streams_in_bounded_memory(mf_router, data_dir, tmp_p
 
 
 CRASH_MARKER = "<crash the router here>"
+REFUSED_ON_WORKERS = "random"  # a router type the workers below cannot load
 
 
 def crash_on_marker_hook():
-    """A Ray worker set-up hook under which scoring a batch that holds CRASH_MARKER raises.
-    Defined inside a function so Ray pickles it by value: workers cannot import this module."""
-    marker = CRASH_MARKER
+    """A Ray worker set-up hook under which scoring a batch that holds CRASH_MARKER raises,
+    and loading a REFUSED_ON_WORKERS checkpoint raises (as on a worker with another prefroute
+    version). Defined inside a function so Ray pickles it by value: workers cannot import
+    this module."""
+    marker, refused_type = CRASH_MARKER, REFUSED_ON_WORKERS
 
     def hook() -> None:
-        import prefroute.scoring.ray_engine as engine
+        import json
+        import pathlib
 
-        score = engine.score_prompts
+        import prefroute.router
+        import prefroute.scoring.ray_engine as engine
+        from prefroute.errors import CheckpointError
+
+        score, load = engine.score_prompts, prefroute.router.load_router
 
         def crashing(router, prompts, batch_size):
             if any(marker in p for p in prompts.to_pylist()):
                 raise ZeroDivisionError(f"{marker} in a batch")
             return score(router, prompts, batch_size)
 
+        def refusing(folder, *args, **kwargs):
+            config = json.loads((pathlib.Path(folder) / "config.json").read_text())
+            if config["type"] == refused_type:
+                raise CheckpointError(f"{refused_type} routers are refused on this worker")
+            return load(folder, *args, **kwargs)
+
         engine.score_prompts = crashing
+        prefroute.router.load_router = refusing
 
     return hook
 
 
 @pytest.mark.slow  # starts a Ray cluster: ~20 s on a quiet machine
-def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
+def test_ray_scores_equal_the_local_path(mf_router, data_dir, prompts, tmp_path):
     ray = pytest.importorskip("ray")
     from prefroute.scoring.ray_engine import init_ray, score_with_ray
 
@@ -315,6 +330,11 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
     crashing = list(prompts[:n])
     crashing[1500] += " " + CRASH_MARKER
     _write_input(tmp_path / "crash.parquet", crashing, _ids(n))
+    # a checkpoint the driver loads but the workers cannot
+    refused = tmp_path / "refused_ckpt"
+    battles = load_training_battles(["alpaca_eval"], data_dir)
+    Router(train_router(REFUSED_ON_WORKERS, battles, strong_model=PAIR[0], weak_model=PAIR[1]),
+           threshold=0.5).save_pretrained(refused)
     init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": crash_on_marker_hook()})
     try:
@@ -335,8 +355,13 @@ def test_ray_scores_equal_the_local_path(mf_router, prompts, tmp_path):
                            id_field="request_id", batch_size=100)
         assert not (tmp_path / "crash_out").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".crash_out")]
+        with pytest.raises(PrefrouteError) as not_loaded:
+            score_with_ray(refused, source, tmp_path / "refused_out", batch_size=100)
+        assert not (tmp_path / "refused_out").exists()
     finally:
         ray.shutdown()
+    assert str(not_loaded.value) == (
+        f"scoring failed on a Ray worker: {REFUSED_ON_WORKERS} routers are refused on this worker")
     assert str(crashed.value) == (
         f"scoring failed on a Ray worker: ZeroDivisionError: {CRASH_MARKER} in a batch")
     assert "Traceback" in "".join(crashed.value.__notes__)  # the worker's, for --debug

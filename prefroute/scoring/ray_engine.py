@@ -84,43 +84,31 @@ def checkpoint_files(directory: Path) -> dict[str, bytes]:
 
 
 class RouterActor:
-    """Holds one loaded router; called by Ray Data on each batch (a pyarrow Table)."""
+    """Holds one loaded router; called by Ray Data on each batch (a pyarrow Table).
+
+    A router that fails to load or to score is not raised (see ERROR_COLUMN): every batch
+    from then on comes back as the failure, unscored.
+    """
 
     def __init__(
         self, files: Any, prompt_field: str, decision: Decision, batch_size: int
     ) -> None:
-        import ray
-
-        from prefroute.router import load_router
-
-        if isinstance(files, ray.ObjectRef):
-            files = ray.get(files)
-        self._folder = Path(tempfile.mkdtemp(prefix="prefroute-ckpt-"))
-        for name, data in files.items():
-            target = (self._folder / name).resolve()
-            if not target.is_relative_to(self._folder.resolve()):
-                raise PrefrouteError(f"checkpoint file {name!r} lies outside the checkpoint")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        self.router = load_router(self._folder)
-        shutil.rmtree(self._folder, ignore_errors=True)
         self.prompt_field = prompt_field
         self.decision = decision
         self.batch_size = batch_size
         self._failure: pa.Table | None = None
+        try:
+            self.router = _load_shipped_router(files)
+        except Exception as e:
+            self._failure = _failure_table(e)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Scores of ``batch``; after a failure, the failure (later batches are not scored)."""
+        """Scores of ``batch``; after a failure, the failure."""
         if self._failure is None:
             try:
                 return self._score(batch)
             except Exception as e:
-                message = str(e) if isinstance(e, PrefrouteError) else (
-                    f"{type(e).__name__}: {e}")
-                self._failure = pa.table({
-                    ERROR_COLUMN: [f"scoring failed on a Ray worker: {message}"],
-                    TRACEBACK_COLUMN: ["".join(traceback.format_exception(e))],
-                })
+                self._failure = _failure_table(e)
         return self._failure
 
     def _score(self, batch: pa.Table) -> pa.Table:
@@ -135,6 +123,38 @@ class RouterActor:
                                   field=id_field)
         probs = score_prompts(self.router, prompts, self.batch_size)
         return score_table(prompts, ids, np.asarray(probs), self.decision)
+
+
+def _load_shipped_router(files: Any) -> Any:
+    """The router whose checkpoint files the driver shipped, loaded from a temporary folder
+    through the same checked loader as the local path."""
+    import ray
+
+    from prefroute.router import load_router
+
+    if isinstance(files, ray.ObjectRef):
+        files = ray.get(files)
+    folder = Path(tempfile.mkdtemp(prefix="prefroute-ckpt-"))
+    try:
+        for name, data in files.items():
+            target = (folder / name).resolve()
+            if not target.is_relative_to(folder.resolve()):
+                raise PrefrouteError(f"checkpoint file {name!r} lies outside the checkpoint")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return load_router(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _failure_table(error: Exception) -> pa.Table:
+    """One row: what failed on this worker, and its traceback."""
+    message = str(error) if isinstance(error, PrefrouteError) else (
+        f"{type(error).__name__}: {error}")
+    return pa.table({
+        ERROR_COLUMN: [f"scoring failed on a Ray worker: {message}"],
+        TRACEBACK_COLUMN: ["".join(traceback.format_exception(error))],
+    })
 
 
 def ordered_parquet_sink(folder: Path) -> Any:
