@@ -83,6 +83,32 @@ def decode_utf8(data: bytes, file: str, *, tabular: bool = False) -> str:
         ) from None
 
 
+def csv_rows(text: str | Iterable[str], file: str) -> Iterator[list[str]]:
+    """The records of CSV ``text`` (a string, or a stream opened with ``newline=""``), the
+    header first, parsed strictly: a quoted field that is never closed, or text after a
+    closing quote, is a DataError naming the record (header = row 1) and the line it starts
+    on. The lenient default would swallow every later record into that field, or glue the
+    stray text on, without a word."""
+    lines = io.StringIO(text, newline="") if isinstance(text, str) else text
+    reader = csv.reader(lines, strict=True)
+    row = 1
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            what = ("a quoted field is never closed" if "unexpected end of data" in str(e)
+                    else f"malformed quoting ({e})")
+            raise DataError(
+                f"not a readable CSV file: {what} (the record starting on line {start})",
+                file=file, row=row,
+            ) from None
+        yield record
+        row += 1
+
+
 def decode_line(raw: bytes, file: str, row: int) -> str:
     """One line of a text file as UTF-8 (a BOM on the first line is dropped)."""
     try:

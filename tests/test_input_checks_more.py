@@ -301,3 +301,35 @@ def test_folder_errors_name_the_file_and_its_own_row(checkpoint, tmp_path):
     done = _score(checkpoint, empty, tmp_path / "o.jsonl")
     assert_one_line_error(done, f"file {empty}", "holds no input files")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+# Each CSV is (text, row, words of the error); a well-formed line follows the bad one, so a
+# reader that swallows the rest of the file into one field would score too few rows instead.
+MALFORMED_CSV = [
+    ('id,prompt\nq1,Explain a.\nq2,"Explain b.\nq3,Explain c.\n', 3,
+     "a quoted field is never closed (the record starting on line 3)"),
+    # an odd number of quotes sends the file through the strict reader, which names the
+    # first bad record
+    ('id,prompt\nq1,"Explain\nacross lines."\nq2,"Explain b."x\nq3,"Explain c.\n', 3,
+     "malformed quoting"),
+    ('id,prompt,prompt\nq1,Explain a.,b\n', 1, "the header names column 'prompt' more than once"),
+    ('id,prompt\nq1,Explain a.,extra\nq2,Explain b.\n', 2, "expected 2 fields, got 3"),
+]
+
+
+@pytest.mark.parametrize(("text", "row", "words"), MALFORMED_CSV)
+def test_malformed_csv_is_one_error_naming_its_record(checkpoint, tmp_path, text, row, words):
+    source = tmp_path / "in.csv"
+    source.write_text(text)
+    done = _score(checkpoint, source, tmp_path / "o.jsonl", "--id-field", "id")
+    assert_one_line_error(done, f"file {source}", f"row {row}", words)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_quote_inside_an_unquoted_csv_field_is_text(checkpoint, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text('id,prompt\nq1,He said "hi\nq2,"Quoted, with ""escaped"" quotes"\n')
+    done = _score(checkpoint, source, tmp_path / "o.jsonl", "--id-field", "id")
+    assert done.returncode == 0, done.stderr
+    assert [(r["id"], r["prompt"]) for r in _read_out(tmp_path / "o.jsonl")] == [
+        ("q1", 'He said "hi'), ("q2", 'Quoted, with "escaped" quotes')]

@@ -15,6 +15,7 @@ import pytest
 from trust_helpers import assert_one_line_error, run_cli
 
 from prefroute.data import Battles, load_source
+from prefroute.data.outcome_files import load_outcome_file
 from prefroute.data.outcomes import load_outcomes
 from prefroute.data.prompts import read_prompts
 from prefroute.data.tabular import read_records
@@ -147,6 +148,30 @@ def test_bad_outcome_cell_names_its_true_row(tmp_path, data_dir):
     assert (info.value.file, info.value.row, info.value.field) == (
         str(target), 6, "gpt-4-1106-preview"
     )
+
+
+def test_an_unclosed_csv_quote_is_an_error_in_battles_and_outcomes(tmp_path):
+    # Python's lenient csv reader would read the rest of the file into the open field
+    battles = tmp_path / "battles.csv"
+    battles.write_text("prompt,model_a,model_b,winner\nExplain one.,x,y,model_a\n"
+                       '"Explain two.,x,y,model_b\nExplain three.,x,y,tie\n')
+    with pytest.raises(DataError, match="a quoted field is never closed") as info:
+        read_records(battles)
+    assert (info.value.file, info.value.row) == (str(battles), 3)
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text('prompt,strong,weak\nq1,1,0\nq2,"1,1\nq3,0,1\n')
+    with pytest.raises(DataError, match="never closed") as info:
+        load_outcome_file(outcomes)
+    assert (info.value.file, info.value.row) == (str(outcomes), 3)
+
+
+def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path):
+    source = tmp_path / "blank_lines.csv"
+    source.write_text("\nprompt,model_a,model_b,winner\n\nExplain one.,x,y,model_a\n"
+                      '"Explain\ntwo.",x,y,model_b\nExplain three.,x,y,tie\n')
+    records = read_records(source)
+    assert [r["prompt"] for r in records] == ["Explain one.", "Explain\ntwo.", "Explain three."]
+    assert records.row_numbers == [4, 5, 6]
 
 
 def test_golden_uses_the_requested_pairs_own_columns(data_dir):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import numpy as np
 from prefroute._logging import logger
 from prefroute.data.tabular import iter_jsonl
 from prefroute.errors import DataError
-from prefroute.validate import check_number, decode_utf8
+from prefroute.validate import check_number, csv_rows, decode_utf8
 
 csv.field_size_limit(1 << 30)
 
@@ -142,12 +141,11 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list
     if not path.exists():
         raise DataError("file not found", file=path_s)
     text = decode_utf8(path.read_bytes(), path_s, tabular=True)
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader)
-        rows = list(reader)
-    except (csv.Error, StopIteration) as e:
-        raise DataError(f"not a readable CSV file ({type(e).__name__}: {e})", file=path_s) from None
+    records = csv_rows(text, path_s)
+    header = next(records, None)
+    if header is None:
+        raise DataError("not a readable CSV file: it is empty", file=path_s)
+    rows = list(records)
     for name in required:
         if name not in header:
             raise DataError(f"missing column; header is {header[:8]}...", file=path_s, field=name)

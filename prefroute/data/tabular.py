@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefroute.errors import DataError
-from prefroute.validate import Records, check_strings_in, decode_line, decode_utf8
+from prefroute.validate import Records, check_strings_in, csv_rows, decode_line, decode_utf8
 
 csv.field_size_limit(1 << 30)
 
@@ -44,6 +43,28 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             if "\\u" in line:  # only \u escapes can make lone surrogates from valid UTF-8
                 check_strings_in(row, file=name, row=i, field="")
             yield i, row
+
+
+def _csv_records(text: str, name: str) -> Records:
+    """CSV rows as dicts keyed by the header, as ``csv.DictReader`` makes them (blank lines
+    skipped, missing cells None, extra cells in a list under None), parsed strictly
+    (``prefroute.validate.csv_rows``); the header is row 1, as a spreadsheet shows it."""
+    header: list[str] | None = None
+    rows, numbers = [], []
+    for row_no, record in enumerate(csv_rows(text, name), start=1):
+        if not record:
+            continue
+        if header is None:
+            header = record
+            continue
+        row: dict = dict(zip(header, record))
+        if len(record) > len(header):
+            row[None] = record[len(header):]
+        for key in header[len(record):]:
+            row[key] = None
+        rows.append(row)
+        numbers.append(row_no)
+    return Records(rows, numbers, text_cells=True)
 
 
 def read_records(path: str | Path) -> Records:
@@ -83,14 +104,7 @@ def read_records(path: str | Path) -> Records:
             check_strings_in(row, file=name, row=i, field="")
         return Records(data)
     if suffix == ".csv":
-        text = decode_utf8(path.read_bytes(), name, tabular=True)
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            rows = list(reader)
-        except csv.Error as e:
-            raise DataError(f"not a readable CSV file ({e})", file=name) from None
-        # header = row 1, so data rows start at 2 (as a spreadsheet shows them)
-        return Records(rows, range(2, len(rows) + 2), text_cells=True)
+        return _csv_records(decode_utf8(path.read_bytes(), name, tabular=True), name)
     if suffix == ".parquet":
         try:
             return Records(pq.read_table(name).to_pylist())

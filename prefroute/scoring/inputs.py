@@ -14,7 +14,6 @@ kind in the whole input, copied byte for byte to the output.
 from __future__ import annotations
 
 import codecs
-import csv
 import io
 import json
 import logging
@@ -35,6 +34,7 @@ from prefroute.validate import (
     IdKinds,
     check_id,
     check_id_column,
+    csv_rows,
     decode_line,
     is_text_type,
     plain_text,
@@ -272,10 +272,18 @@ def _arrow_batches(
         file_format = ds.CsvFileFormat(parse_options=parse, convert_options=convert)
     else:
         file_format = ds.ParquetFileFormat()
+    if fmt == "csv" and _odd_quote_count(path):
+        # pyarrow reads a quoted field that is never closed to the end of the file, taking
+        # every later record into it; only an odd number of quotes can leave one open. (Text
+        # after a closing quote, "ab"cd, is read as abcd, as pandas reads it: checking for it
+        # would take a full Python parse, ~2.5x pyarrow's time.)
+        _locate_csv_error(path)
     try:
         dataset = ds.dataset(path, format=file_format)
         missing = [c for c in columns if c not in dataset.schema.names]
     except (pa.ArrowInvalid, OSError) as e:
+        if fmt == "csv":
+            _locate_csv_error(path)
         raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
     if missing:
         raise DataError(
@@ -298,7 +306,7 @@ def _arrow_batches(
             return
         except (pa.ArrowInvalid, OSError) as e:
             if fmt == "csv":
-                _locate_csv_error(path, columns)
+                _locate_csv_error(path)
             raise DataError(f"not a readable {fmt.upper()} file ({e})", file=name) from None
         if record_batch.num_rows == 0:
             continue
@@ -349,14 +357,28 @@ def checked_prompt_column(
     return prompts
 
 
-def _locate_csv_error(path: Path, columns: list[str]) -> None:
-    """Find the first CSV record pyarrow could not read and raise a DataError naming it."""
+def _odd_quote_count(path: Path) -> bool:
+    count = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            count += chunk.count(b'"')
+    return count % 2 == 1
+
+
+def _locate_csv_error(path: Path) -> None:
+    """Find the first CSV record pyarrow could not read, or would misread, and raise a
+    DataError naming it: bad quoting (``prefroute.validate.csv_rows``), a repeated column
+    name, a record with the wrong number of fields, text that is not UTF-8."""
     name = str(path)
     with open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text)
-        header = next(reader, [])
-        for row_no, record in enumerate(reader, start=2):
+        records = csv_rows(text, name)
+        header = next(records, [])
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            raise DataError(f"the header names column {repeated[0]!r} more than once",
+                            file=name, row=1)
+        for row_no, record in enumerate(records, start=2):
             if len(record) != len(header):
                 raise DataError(
                     f"expected {len(header)} fields, got {len(record)}", file=name, row=row_no
