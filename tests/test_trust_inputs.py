@@ -163,6 +163,9 @@ def test_an_unclosed_csv_quote_is_an_error_in_battles_and_outcomes(tmp_path):
     with pytest.raises(DataError, match="never closed") as info:
         load_outcome_file(outcomes)
     assert (info.value.file, info.value.row) == (str(outcomes), 3)
+    outcomes.write_text("prompt,strong,weak\n")  # was "data_dir is needed to load benchmark None"
+    with pytest.raises(DataError, match="no rows"):
+        load_outcome_file(outcomes)
 
 
 def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path):
