@@ -66,6 +66,10 @@ def read_config(directory: str | Path, *, expected_type: str | None = None) -> d
         )
     if not isinstance(config, dict) or "type" not in config:
         raise CheckpointError(f"{path} has no 'type' key: not a prefroute router checkpoint")
+    if not isinstance(config["type"], str):
+        raise CheckpointError(
+            f"{path}: 'type' must be a router name, got {type(config['type']).__name__}"
+        )
     version = config.get("prefroute_version")
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(

@@ -205,6 +205,15 @@ def test_bad_threshold_in_router_section(checkpoint, tmp_path):
         load_router(folder)
 
 
+@pytest.mark.parametrize("value", [["mf"], {"name": "mf"}, 3, None])
+def test_a_router_type_that_is_not_a_name_is_refused(checkpoint, tmp_path, value):
+    folder = copy_checkpoint(checkpoint, tmp_path / "c")
+    edit_config(folder, lambda c: c.__setitem__("type", value))
+    # was TypeError: unhashable type, exit code 1
+    with pytest.raises(CheckpointError, match="'type' must be a router name"):
+        load_router(folder)
+
+
 def test_cli_refuses_a_tampered_checkpoint_in_one_line(checkpoint, tmp_path, data_dir):
     folder = copy_checkpoint(checkpoint, tmp_path / "tampered")
     _point_embedder_at(folder, "http://127.0.0.1:9/v1")
