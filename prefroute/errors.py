@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -80,8 +81,10 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise ConfigError unless ``value`` lies in the given interval."""
-    ok = True
+    """Raise ConfigError unless ``value`` lies in the given interval. An open side means any
+    finite number: no setting is meaningful at infinity (a price, a rate, a learning rate),
+    and NaN fails every comparison."""
+    ok = value == value and abs(value) != math.inf
     if low is not None:
         ok &= value >= low if low_inclusive else value > low
     if high is not None:
@@ -89,8 +92,8 @@ def check_range(
     if not ok:
         lo = "-inf" if low is None else f"{low}"
         hi = "inf" if high is None else f"{high}"
-        lb = "[" if low_inclusive else "("
-        hb = "]" if high_inclusive else ")"
+        lb = "(" if low is None or not low_inclusive else "["
+        hb = ")" if high is None or not high_inclusive else "]"
         raise ConfigError(
             f"The '{name}' parameter of {owner} must be in {lb}{lo}, {hi}{hb}. "
             f"Got {value!r} instead."

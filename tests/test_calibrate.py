@@ -157,3 +157,19 @@ def test_bad_rates_and_probabilities_raise():
         calibrate_strong_rate(np.array([]), 0.5)
     with pytest.raises(ConfigError, match="NaN"):
         calibrate_strong_rate(np.array([0.2, np.nan, 0.7]), 0.5)
+
+
+@pytest.mark.parametrize(
+    "field", ["strong_per_call", "weak_per_1k_input", "expected_output_tokens"])
+def test_an_infinite_price_is_refused(field):
+    # was accepted: the costs became inf - inf = nan and the error named a temporary folder
+    message = rf"'{field}' parameter of Prices must be in \[0.0, inf\)"
+    with pytest.raises(ConfigError, match=message):
+        Prices(**{"strong_per_call": 1.0, field: float("inf")})
+
+
+def test_an_infinite_budget_is_refused():
+    p = np.array([0.2, 0.6, 0.9])
+    for budget in ({"per_1k_requests": float("inf")}, {"fraction_of_all_strong": float("inf")}):
+        with pytest.raises(ConfigError, match=r"must be in \[0.0, inf\)"):
+            calibrate_budget(p, ["a", "b", "c"], Prices(strong_per_call=1.0), **budget)
