@@ -10,7 +10,11 @@ the unlabelled pool by the predicted chance that the two models disagree, d:
 - ``iw2``: as pow2, and the learner weights each pick by 1 / (its draw probability), the
   importance weights that undo the selection's bias;
 - ``mix``: half the round at random, half in proportion to d**2;
-- ``top``: the round's k highest d, no draw.
+- ``top``: the round's k highest d, no draw;
+- ``strat0`` / ``strat2`` / ``strat4``: a proportional stratified draw: the pool cut into
+  ``STRATA`` k-means strata (top 32 principal directions), each stratum given its share of
+  the round, and picks inside it drawn in proportion to d**0 (plain stratified random), d**2
+  or d**4. It keeps the pool's mix of topics while preferring likely-decisive prompts.
 
 Prints mean APGR per size and each variant at half the largest size minus random at the
 largest (Welch 95% CI over seeds).
@@ -27,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (50, 100, 200, 400, 800, 1600)
+STRATA = 20
+STRATUM_POWERS = {"strat0": 0.0, "strat2": 2.0, "strat4": 4.0}
 
 
 def main() -> None:
@@ -34,7 +40,7 @@ def main() -> None:
     parser.add_argument("--benchmarks", default="mmlu,gsm8k", help="mmlu, gsm8k or both")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top")
+    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top,strat0,strat2,strat4")
     args = parser.parse_args()
     for bench in args.benchmarks.split(","):
         if bench not in ("mmlu", "gsm8k"):
@@ -63,6 +69,29 @@ def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None
         probs = two_part_proba(x_test, tie, direction)
         return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
 
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    strata = KMeans(STRATA, n_init=1, random_state=0).fit_predict(
+        PCA(32, random_state=0).fit_transform(x_pool))
+
+    def stratified(free: np.ndarray, d: np.ndarray, k: int, power: float,
+                   rng: np.random.Generator) -> np.ndarray:
+        """k picks from ``free``: each stratum its share (largest remainders drawn), and
+        inside a stratum in proportion to d**power."""
+        quota = np.bincount(strata[free], minlength=STRATA) / len(free) * k
+        take = np.floor(quota).astype(int)
+        if k > take.sum():
+            rest = quota - take
+            take[rng.choice(STRATA, k - take.sum(), replace=False, p=rest / rest.sum())] += 1
+        picks = []
+        for stratum in np.flatnonzero(take):
+            members = np.flatnonzero(strata[free] == stratum)
+            w = d[members] ** power
+            picks.append(members[rng.choice(len(members), take[stratum], replace=False,
+                                            p=w / w.sum())])
+        return np.concatenate(picks)
+
     def rounds(seed: int, kind: str) -> tuple[list[float], float]:
         rng = np.random.default_rng(seed)
         chosen = rng.choice(len(pool), sizes[0], replace=False)
@@ -86,6 +115,8 @@ def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None
                 p = d[rest] ** 2 / (d[rest] ** 2).sum()
                 picks = np.concatenate(
                     [at_random, rest[rng.choice(len(rest), k - k // 2, replace=False, p=p)]])
+            elif kind in STRATUM_POWERS:
+                picks = stratified(free, d, k, STRATUM_POWERS[kind], rng)
             elif kind == "top":
                 picks = np.argsort(-d)[:k]
             else:
