@@ -58,8 +58,6 @@ def load_outcome_file(path: str | Path) -> OutcomeTable:
                                     row=line, field=m)
     else:
         header, body = _read_csv(path, ["prompt"])
-        if not body:
-            raise DataError("no rows (only a header)", file=where)
         models = [h for h in header if h not in _NOT_MODELS and not h.endswith("_response")
                   and "|" not in h]
         p_col = header.index("prompt")

@@ -146,6 +146,8 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[list
     if header is None:
         raise DataError("not a readable CSV file: it is empty", file=path_s)
     rows = list(records)
+    if not rows:
+        raise DataError("no rows (only a header)", file=path_s)
     for name in required:
         if name not in header:
             raise DataError(f"missing column; header is {header[:8]}...", file=path_s, field=name)
