@@ -111,7 +111,7 @@ def test_import_is_cheap() -> None:
     code = (
         "import sys, prefroute.embed as e\n"
         "for name in ('wordllama', 'minilm', 'openai', 'tfidf'): e.build_embedder(name)\n"
-        "heavy = ('sentence_transformers', 'transformers', 'wordllama', 'openai')\n"
+        "heavy = ('sentence_transformers', 'transformers', 'wordllama', 'openai', 'numba')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run(
@@ -278,19 +278,19 @@ def test_segment_tokenizer_survives_what_happens_while_it_tokenises(
     reference = _wordllama_tokenizer()
     expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
     shared = SegmentTokenizer(reference)
-    tokenise = shared._segment_tokens
+    tokenise = shared._tokens_of_segments
     calls = []
 
-    def tokenise_while_another_call_runs(segments):
-        calls.append(len(segments))
+    def tokenise_while_another_call_runs(joined, codes, starts, lengths):
+        calls.append(len(starts))
         if len(calls) == 1:
             if meanwhile == "clear":
                 shared.clear()
             else:
                 shared.encode_batch(other)
-        return tokenise(segments)
+        return tokenise(joined, codes, starts, lengths)
 
-    shared._segment_tokens = tokenise_while_another_call_runs
+    shared._tokens_of_segments = tokenise_while_another_call_runs
     assert shared.encode_batch(texts).to_lists() == expected
     if meanwhile == "clear":
         assert len(calls) == 2  # the lookup was redone after the clear
@@ -303,7 +303,7 @@ def test_segment_tokenizer_passes_stay_within_their_size(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch is cut into passes of at most MAX_CHARS_PER_PASS characters (one longer text
-    alone), so the hash's power tables are not regrown; the tokens stay exact."""
+    alone), which bounds the per-pass arrays; the tokens stay exact."""
     from prefroute.embed import segment_tokenizer as module
 
     monkeypatch.setattr(module, "MAX_CHARS_PER_PASS", 3_000)

@@ -9,9 +9,10 @@ A text may be cut between two characters that no vocabulary piece holds next to 
 their tokens concatenate to the text's tokens. Cut at every such point, a text falls into
 short *segments* ("▁the", "▁answer", ".", "\\n") that repeat across texts, so
 ``SegmentTokenizer`` tokenises each distinct segment once with the real tokenizer and
-afterwards finds its tokens with numpy alone: cut points from a character-pair table, a
-64-bit polynomial hash per segment, a hash-table lookup (pandas) and a gather. Python runs per
-*new* segment, never per segment occurrence. ``tests/test_embed.py`` checks that every prompt
+afterwards finds its tokens in compiled loops (``prefroute.embed.kernels``, no GIL): cut points
+from a character-pair table and a 64-bit polynomial hash per segment in one pass, an
+open-addressing hash-table lookup, and a gather. Python runs per *new* segment, never per
+segment occurrence. ``tests/test_embed.py`` checks that every prompt
 of the shared data gets exactly the token ids of the tokenizer it wraps.
 """
 
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 SPACE = "▁"
 _SPACE_CODE = ord(SPACE)
@@ -39,8 +39,9 @@ DEFAULT_MAX_SEGMENTS = 262_144
 # New segments are tokenised this many at a time, joined by SEPARATOR (see _segment_tokens).
 SEGMENTS_PER_CHUNK = 256
 SEPARATOR = "\x00"
-# Lookups of fewer hashes than this binary-search a sorted array instead of asking pandas.
-SMALL_LOOKUP = 4096
+_SEPARATOR_CODE = ord(SEPARATOR)
+# Entries of a fresh segment table (it doubles as the cache grows, kept at most half full).
+MIN_TABLE_SIZE = 1 << 16
 # Calls with at most this many texts take the word-dict path (see _encode_few), whose cache
 # holds at most MAX_CACHED_WORDS words (~150 bytes each).
 FEW_TEXTS = 4
@@ -49,7 +50,6 @@ _WORD = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
 # Texts are processed in slices of about this many characters, which bounds the hash arrays.
 MAX_CHARS_PER_PASS = 1 << 20
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
-_HASH_BASE_INVERSE = pow(_HASH_BASE, -1, 1 << 64)
 _LENGTH_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 # Characters are mapped to a small alphabet for the pair table: Latin-1 keeps its code, "▁"
 # is 256, every other character 257 ("may join anything", which only means fewer cuts).
@@ -64,6 +64,14 @@ EXPECTED_NORMALIZER = {
         {"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
     ],
 }
+
+
+def compiled_loops() -> Any:
+    """``prefroute.embed.kernels``, imported on first use: numba costs ~0.2 s to import, which
+    ``import prefroute`` and embedders that are only built need not pay."""
+    from prefroute.embed import kernels
+
+    return kernels
 
 
 def supports_segment_tokenization(tokenizer: Any) -> bool:
@@ -134,6 +142,7 @@ class SegmentTokenizer:
         # Texts containing an added token ("<s>", "</s>", "<unk>") are split around it before
         # normalisation, which segmenting does not mimic: those go to the reference tokenizer.
         self._added = [t.content for t in tokenizer.get_added_tokens_decoder().values()]
+        self._added_codes = _pattern_codes([a for a in self._added if a])
         vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
         self._cuttable = ~_joinable_pairs(vocab)
         self._separator_id = vocab["<0x00>"]
@@ -150,25 +159,19 @@ class SegmentTokenizer:
             self._clear()
 
     def _clear(self) -> None:
-        # Slot s of the cache is the s-th segment added. Its hash is found through a pandas
-        # hash index over the first slots (rebuilt rarely) or a dict of the recent ones.
+        # Slot s of the cache is the s-th segment added; an open-addressing table maps each
+        # cached segment's hash to its slot.
         self._hashes = _GrowingArray(np.uint64)
         self._token_starts = _GrowingArray(np.int64)
         self._token_counts = _GrowingArray(np.int64)
         self._tokens = _GrowingArray(np.int64)
-        self._recent: dict[int, int] = {}
         self._words: dict[str, tuple[int, ...]] = {}
         self._generation += 1
-        self._freeze()
+        self._table_keys, self._table_slots, self._table_bits = _empty_table(MIN_TABLE_SIZE)
 
-    def _freeze(self) -> None:
-        """Index every cached hash: a pandas hash index for large lookups, and a sorted copy
-        for small ones (``get_indexer`` costs ~0.2 ms per call however few the hashes)."""
-        hashes = self._hashes.values.copy()
-        self._frozen = pd.Index(hashes)
-        self._frozen_order = np.argsort(hashes)
-        self._frozen_sorted = hashes[self._frozen_order]
-        self._recent = {}
+    def warm_up(self) -> None:
+        """Load the compiled loops now rather than inside the first large batch."""
+        compiled_loops().warm_up_segments(_SMALL_OF_BMP, self._cuttable)
 
     @property
     def cached_segments(self) -> int:
@@ -178,13 +181,13 @@ class SegmentTokenizer:
         """Token ids of ``texts`` (no special tokens), identical to the wrapped tokenizer's.
 
         Thread-safe; concurrent calls share the cache and overlap everything but the cache
-        lookup itself (numpy releases the GIL), so two threads use two cores.
+        lookup itself (the compiled loops release the GIL), so two threads use two cores.
         """
         if len(texts) <= FEW_TEXTS and self._word_cuts_exact:
             with self._lock:
                 return self._encode_few(texts)
-        # A pass ends before the text that would take it past MAX_CHARS_PER_PASS, so the
-        # hash's power tables (sized for one pass) are built once, not regrown.
+        # A pass ends before the text that would take it past MAX_CHARS_PER_PASS, which
+        # bounds the per-pass arrays (code points, segment starts and hashes).
         parts, start, chars = [], 0, 0
         for end, text in enumerate(texts):
             size = len(text) + 1
@@ -234,40 +237,38 @@ class SegmentTokenizer:
         skipped = {i for i, t in enumerate(texts) if not t} if "" in texts else set()
         kept = [t for i, t in enumerate(texts) if i not in skipped] if skipped else texts
         joined = (SPACE + SPACE.join(kept)).replace(" ", SPACE) if kept else ""
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         special = []
-        if any(a in joined for a in self._added):  # added tokens hold no space
+        if compiled_loops().contains_any(codes, *self._added_codes):  # added tokens hold no space
             special = [i for i, t in enumerate(texts) if any(a in t for a in self._added)]
             skipped.update(special)
             kept = [t for i, t in enumerate(texts) if i not in skipped]
             joined = (SPACE + SPACE.join(kept)).replace(" ", SPACE) if kept else ""
-        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
 
         text_chars = np.fromiter(map(len, kept), dtype=np.int64, count=len(kept)) + 1
         text_starts = _exclusive_cumsum(text_chars)
-        seg_starts = self._cut_points(codes, text_starts)
-        seg_chars = np.diff(np.append(seg_starts, len(codes)))
-        hashes = self._segment_hashes(codes, seg_starts, seg_chars)
+        seg_starts, seg_chars, hashes, first_segment = compiled_loops().segment_hashes(
+            codes, text_starts, _SMALL_OF_BMP, self._cuttable, _ALPHABET, _OTHER,
+            np.uint64(_HASH_BASE), _LENGTH_MIX,
+        )
 
         long_segments = seg_chars > MAX_CACHED_SEGMENT_CHARS
         slots, (token_starts, token_counts, tokens) = self._cached_slots(
-            joined, seg_starts, seg_chars, hashes, long_segments
+            joined, codes, seg_starts, seg_chars, hashes, long_segments
         )
         if long_segments.any():
             where = np.flatnonzero(long_segments)
-            long_tokens, lengths = self._segment_tokens(
-                _segment_texts(joined, seg_starts[where], seg_chars[where])
+            long_tokens, lengths = self._tokens_of_segments(
+                joined, codes, seg_starts[where], seg_chars[where]
             )
             slots[where] = np.arange(len(token_counts), len(token_counts) + len(where))
             token_starts = np.concatenate([token_starts, len(tokens) + _exclusive_cumsum(lengths)])
             token_counts = np.concatenate([token_counts, lengths])
             tokens = np.concatenate([tokens, long_tokens])
 
-        seg_token_counts = token_counts[slots]
-        flat = _gather_runs(tokens, token_starts[slots], seg_token_counts)
-        # every text starts a segment, so each text's segments are one run from its first
-        first_segment = np.searchsorted(seg_starts, text_starts)
-        kept_counts = (
-            np.add.reduceat(seg_token_counts, first_segment) if len(kept) else np.zeros(0, np.int64)
+        flat, kept_counts = compiled_loops().gather_text_tokens(
+            slots, token_starts, token_counts, tokens, first_segment
         )
         counts = np.zeros(len(texts), dtype=np.int64)
         if skipped:
@@ -285,6 +286,7 @@ class SegmentTokenizer:
     def _cached_slots(
         self,
         joined: str,
+        codes: np.ndarray,
         seg_starts: np.ndarray,
         seg_chars: np.ndarray,
         hashes: np.ndarray,
@@ -312,8 +314,8 @@ class SegmentTokenizer:
                 hashes[missing], return_index=True, return_inverse=True
             )
             where = np.flatnonzero(missing)[first]
-            flat, lengths = self._segment_tokens(
-                _segment_texts(joined, seg_starts[where], seg_chars[where])
+            flat, lengths = self._tokens_of_segments(
+                joined, codes, seg_starts[where], seg_chars[where]
             )
             with self._lock:
                 if generation != self._generation:
@@ -327,48 +329,11 @@ class SegmentTokenizer:
     def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._token_starts.values, self._token_counts.values, self._tokens.values
 
-    def _cut_points(self, codes: np.ndarray, text_starts: np.ndarray) -> np.ndarray:
-        """Start of each segment: every text start and every pair no piece can join."""
-        if len(codes) == 0:
-            return np.zeros(0, dtype=np.int64)
-        small = np.take(_SMALL_OF_BMP, codes, mode="clip")  # beyond the BMP: "other"
-        pair = np.multiply(small[:-1], _ALPHABET)
-        pair += small[1:]
-        cut = np.empty(len(codes), dtype=bool)
-        cut[0] = True
-        np.take(self._cuttable, pair, out=cut[1:])
-        cut[text_starts] = True
-        return np.flatnonzero(cut)
-
-    def _segment_hashes(
-        self, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-    ) -> np.ndarray:
-        """Polynomial hash of each segment from prefix sums: (P[end] - P[start]) / B**start."""
-        n = len(codes)
-        powers, inverse_powers = _power_tables(n + 1)
-        with np.errstate(over="ignore"):
-            prefix = np.empty(n + 1, dtype=np.uint64)
-            prefix[0] = 0
-            np.multiply(codes, powers[:n], out=prefix[1:])
-            np.cumsum(prefix[1:], out=prefix[1:])
-            hashes = (prefix[starts + lengths] - prefix[starts]) * inverse_powers[starts]
-            return hashes ^ (lengths.astype(np.uint64) * _LENGTH_MIX)
-
     def _lookup(self, hashes: np.ndarray) -> np.ndarray:
         """Cache slot of each hash, -1 where absent."""
-        if len(hashes) >= SMALL_LOOKUP or len(self._frozen_sorted) == 0:
-            slots = self._frozen.get_indexer(hashes).astype(np.int64, copy=False)
-        else:
-            where = np.searchsorted(self._frozen_sorted, hashes)
-            np.minimum(where, len(self._frozen_sorted) - 1, out=where)
-            found = self._frozen_sorted[where] == hashes
-            slots = np.where(found, self._frozen_order[where], -1)
-        if self._recent:
-            absent = np.flatnonzero(slots < 0)
-            if len(absent):
-                get = self._recent.get
-                slots[absent] = [get(h, -1) for h in hashes[absent].tolist()]
-        return slots
+        return compiled_loops().table_lookup(
+            self._table_keys, self._table_slots, hashes, self._table_bits
+        )
 
     def _insert(
         self, hashes: np.ndarray, flat: np.ndarray, lengths: np.ndarray, all_new: bool
@@ -389,9 +354,17 @@ class SegmentTokenizer:
         self._token_counts.extend(lengths)
         self._tokens.extend(flat)
         self._hashes.extend(hashes)
-        self._recent.update(zip(hashes.tolist(), range(first_slot, first_slot + len(lengths))))
-        if len(self._recent) > max(4096, len(self._frozen) // 4):
-            self._freeze()
+        if 2 * self.cached_segments > len(self._table_keys):  # keep the table half empty
+            self._table_keys, self._table_slots, self._table_bits = _empty_table(
+                4 * self.cached_segments
+            )
+            compiled_loops().table_insert(
+                self._table_keys, self._table_slots, self._hashes.values, 0, self._table_bits
+            )
+        else:
+            compiled_loops().table_insert(
+                self._table_keys, self._table_slots, hashes, first_slot, self._table_bits
+            )
         slots[new] = np.arange(first_slot, first_slot + len(lengths))
         return slots
 
@@ -416,6 +389,20 @@ class SegmentTokenizer:
         out.append(tuple(current))
         return out
 
+    def _tokens_of_segments(
+        self, joined: str, codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``_segment_tokens`` of the segments of ``joined`` (code points ``codes``) that start
+        at ``starts``, with the NUL-joined chunks built by one compiled pass over the codes."""
+        chunk_codes, chunk_ends, clash = compiled_loops().join_segments(
+            codes, starts, lengths, SEGMENTS_PER_CHUNK, _SEPARATOR_CODE
+        )
+        if clash:
+            return self._segment_tokens(_segment_texts(joined, starts, lengths))
+        text = chunk_codes.tobytes().decode("utf-32-le")
+        bounds = [0, *chunk_ends.tolist()]
+        return self._split_chunks([text[a:b] for a, b in zip(bounds, bounds[1:])])
+
     def _segment_tokens(self, segments: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Tokens of each segment, flat, and their counts.
 
@@ -429,10 +416,14 @@ class SegmentTokenizer:
             lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(segments))
             flat = np.fromiter((t for e in encoded for t in e.ids), np.int64, int(lengths.sum()))
             return flat, lengths
-        chunks = [
+        return self._split_chunks([
             SEPARATOR.join(segments[i : i + SEGMENTS_PER_CHUNK])
             for i in range(0, len(segments), SEGMENTS_PER_CHUNK)
-        ]
+        ])
+
+    def _split_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of NUL-joined chunks of segments, split at the NUL tokens: flat, and each
+        segment's count."""
         encoded = self._segment_tokenizer.encode_batch_fast(chunks, add_special_tokens=False)
         flats, lengths = [], []
         for chunk in encoded:
@@ -496,25 +487,17 @@ def _joinable_pairs(vocab: dict[str, int]) -> np.ndarray:
     return joinable.ravel()
 
 
-_POWER_TABLES: list[np.ndarray] = []
+def _empty_table(size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keys, slots and log2 size of an empty open-addressing table of at least ``size``
+    entries."""
+    bits = max(size - 1, 1).bit_length()
+    return np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64), bits
 
 
-def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Powers of the hash base and of its inverse modulo 2**64, at least ``size`` of each.
-
-    Shared by all tokenizers and sized for a whole pass up front, so steady use never
-    rebuilds them (2 x 8 MiB).
-    """
-    if not _POWER_TABLES or len(_POWER_TABLES[0]) < size:
-        size = max(size, MAX_CHARS_PER_PASS + 1)
-        tables = []
-        for base in (_HASH_BASE, _HASH_BASE_INVERSE):
-            factors = np.full(size, base, dtype=np.uint64)
-            factors[0] = 1
-            with np.errstate(over="ignore"):
-                tables.append(np.cumprod(factors, dtype=np.uint64))
-        _POWER_TABLES[:] = tables
-    return _POWER_TABLES[0], _POWER_TABLES[1]
+def _pattern_codes(patterns: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``patterns`` as one array of code points and the start of each (and the end)."""
+    flat = np.frombuffer("".join(patterns).encode("utf-32-le"), dtype=np.uint32)
+    return flat, _exclusive_cumsum([len(p) for p in patterns] + [0])
 
 
 def _segment_texts(joined: str, starts: np.ndarray, lengths: np.ndarray) -> list[str]:

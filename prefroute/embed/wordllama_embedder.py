@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 
 from prefroute._logging import logger
 from prefroute.embed.base import Embedder, register_embedder
 from prefroute.embed.segment_tokenizer import (
     SegmentTokenizer,
     TokenBatch,
+    compiled_loops,
     supports_segment_tokenization,
 )
 from prefroute.errors import ConfigError, check_choice
@@ -37,6 +37,7 @@ _CONFIG_NAME = re.compile(r"[A-Za-z0-9_\-]+")
 # One loaded model per (config, dim, max_tokens) and process: many routers share it.
 _MODELS: dict[tuple[str, int, int | None], Any] = {}
 _LOCK = threading.Lock()
+
 
 
 def wordllama_package_dir() -> Path:
@@ -160,7 +161,7 @@ class WordLlamaEmbedder(Embedder):
     name = "wordllama"
     # Segment-cached tokenisation has a fixed cost per call that large batches amortise.
     default_batch_size = 4096
-    concurrent_encode = True  # SegmentTokenizer locks only its cache; pooling is scipy
+    concurrent_encode = True  # SegmentTokenizer locks only its cache; pooling drops the GIL
 
     def __init__(
         self,
@@ -205,6 +206,14 @@ class WordLlamaEmbedder(Embedder):
                     table = np.ascontiguousarray(model.embedding, np.float32)
                     model._prefroute_table = table
         tokens = _tokenize(model, texts, self.max_tokens, self.segment_cache)
+        if not getattr(model, "_prefroute_warm", False):
+            with _LOCK:  # the compiled loops load once per process, before the first batch
+                if not getattr(model, "_prefroute_warm", False):
+                    segmented = model._prefroute_tokenizers[1]
+                    if segmented is not None:
+                        segmented.warm_up()
+                    compiled_loops().warm_up_pooling(table)
+                    model._prefroute_warm = True
         return mean_of_token_vectors(table, tokens)
 
 
@@ -259,12 +268,4 @@ def mean_of_token_vectors(table: np.ndarray, tokens: TokenBatch) -> np.ndarray:
     if len(ids) and int(ids.max()) >= len(table):  # ids past a truncated table, as WordLlama
         ids = np.minimum(ids, len(table) - 1)
     # one path for any batch size: a text's vector must not depend on what it is batched with
-    # A sparse [texts, vocabulary] matrix of 1/len weights times the table: as fast as torch's
-    # embedding_bag, without importing torch (1-3 s of a cold `prefroute score`).
-    counts = tokens.counts
-    indptr = np.empty(len(counts) + 1, dtype=np.int64)
-    indptr[:-1] = tokens.offsets
-    indptr[-1] = len(ids)
-    weights = np.repeat((1.0 / np.maximum(counts, 1)).astype(np.float32), counts)
-    bag = sparse.csr_matrix((weights, ids, indptr), shape=(len(counts), len(table)))
-    return np.asarray(bag @ table, dtype=np.float32)
+    return compiled_loops().mean_rows(table, ids, tokens.offsets, tokens.counts)
