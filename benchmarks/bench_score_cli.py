@@ -105,7 +105,22 @@ def process_env(package_root: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(package_root)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    # `python -c` and `python -m` put the working directory first on sys.path, so run from
+    # the repository root they imported *this* checkout whatever PYTHONPATH said: every
+    # "before"/"previous" column timed the current code until this was found (session 9).
+    env["PYTHONSAFEPATH"] = "1"
+    check_imports_from(package_root, env)
     return env
+
+
+def check_imports_from(package_root: Path, env: dict[str, str]) -> None:
+    """Fail unless a process started with ``env`` imports prefroute from ``package_root``."""
+    done = subprocess.run([sys.executable, "-c", "import prefroute; print(prefroute.__file__)"],
+                          env=env, capture_output=True, text=True, check=True)
+    found = Path(done.stdout.strip()).resolve()
+    if not found.is_relative_to(Path(package_root).resolve()):
+        raise SystemExit(f"a timed process would import prefroute from {found}, "
+                         f"not from {package_root}")
 
 
 def rate_interval(runs: list, n: int, draws: int = 2000) -> list[float]:
@@ -183,25 +198,30 @@ print(time.perf_counter() - start)
 """
 
 
-def pipeline(args, ckpts, files, n) -> dict:
+def pipeline(args, ckpts, previous_tree, files, n) -> dict:
     """What the CLI does after loading the checkpoint (``score_file`` with the CLI's defaults:
     read, warm-up, score, write), timed inside a fresh process: the 20,000-minus-1 protocol
-    without the ±0.5 s of start-up noise it subtracts."""
-    env = process_env(ROOT)
+    without the ±0.5 s of start-up noise it subtracts. The ``--previous`` commit runs
+    interleaved with this tree, so the ratio between them is a side-by-side figure."""
+    trees = {"after": process_env(ROOT), f"previous ({args.previous})": process_env(previous_tree)}
     results: dict = {}
-    for name in ("sw_bt", "mf"):
-        runs: dict[str, list[float]] = {"default": [], "1": []}
+    for name in args.routers.split(","):
+        if name == "random":
+            continue
+        runs: dict[str, list[float]] = {
+            f"{tree}, threads={threads}": [] for tree in trees for threads in ("default", "1")}
         for _ in range(args.repeats):
-            for threads in runs:
+            for key in runs:
+                tree, threads = key.split(", threads=")
                 done = subprocess.run(
                     [sys.executable, "-c", PIPELINE_SCRIPT, str(ckpts[name]), str(files[n]),
                      str(args.out / "pipeline_scores.jsonl"), threads],
-                    env=env, capture_output=True, text=True, check=True)
-                runs[threads].append(float(done.stdout.strip().splitlines()[-1]))
+                    env=trees[tree], capture_output=True, text=True, check=True)
+                runs[key].append(float(done.stdout.strip().splitlines()[-1]))
         results[name] = {
-            f"threads={k}": {"median_s": statistics.median(v), "rate": n / statistics.median(v),
-                             "rate_range": [n / max(v), n / min(v)], "runs": v}
-            for k, v in runs.items()}
+            key: {"median_s": statistics.median(v), "rate": n / statistics.median(v),
+                  "rate_range": [n / max(v), n / min(v)], "runs": v}
+            for key, v in runs.items()}
         print(name, {k: round(r["rate"]) for k, r in results[name].items()})
     return results
 
@@ -226,7 +246,7 @@ def throughput(args, ckpts, before_tree, previous_tree, files, n) -> dict:
         "after: CLI, --threads 1": (env_after, ["--overwrite", "--threads", "1"]),
     }
     results: dict = {}
-    for name, ckpt in ckpts.items():
+    for name, ckpt in ((r, ckpts[r]) for r in args.routers.split(",")):
         samples: dict[str, list] = {v: [] for v in variants}
         samples["library in-process, 1 process (4,096 per call)"] = []
         for env, extra in variants.values():  # untimed: writes each tree's bytecode cache
@@ -292,6 +312,8 @@ def main() -> None:
     parser.add_argument("--parts", default="throughput,profile,workers,ray,rss")
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--routers", default="sw_bt,mf,random",
+                        help="checkpoints timed by the throughput and pipeline parts")
     parser.add_argument("--rss-sizes", default="100000,500000,1000000,2000000")
     parser.add_argument("--rss-before-sizes", default="100000,200000")
     parser.add_argument("--rss-router", default="mf", help="sw_bt, mf or random")
@@ -316,7 +338,7 @@ def main() -> None:
     if "throughput" in parts:
         report["throughput"] = throughput(args, ckpts, before_tree, previous_tree, files, args.n)
     if "pipeline" in parts:
-        report["pipeline"] = pipeline(args, ckpts, files, args.n)
+        report["pipeline"] = pipeline(args, ckpts, previous_tree, files, args.n)
     if "profile" in parts:
         out = args.out / "profile_scores.jsonl"
         common = [str(ckpts["sw_bt"]), "--prompts", str(files[args.n]), "--out", str(out)]

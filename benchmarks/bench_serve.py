@@ -97,9 +97,12 @@ def start_router(
         "--strong-base-url", upstream, "--weak-base-url", upstream, "--no-access-log",
         "--batch-window-ms", str(window_ms), "--max-batch-size", str(max_batch),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "bench-key"}
+    # PYTHONSAFEPATH and cwd: `python -m` puts the working folder first on sys.path, so run
+    # from the repository root a --compare-root server imported this checkout (until session 9)
+    env = {**os.environ, "PYTHONPATH": str(root), "OPENAI_API_KEY": "bench-key",
+           "PYTHONSAFEPATH": "1"}
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(f"{url}/health", process)
