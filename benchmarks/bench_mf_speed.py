@@ -267,7 +267,9 @@ def main() -> None:
               f"{slow_us / max(fast_us, 1e-9):.1f}x |")
 
     # scale ------------------------------------------------------------------------------
-    sizes = sorted(int(s) for s in args.scale_prompts.split(","))
+    sizes = sorted(int(s) for s in args.scale_prompts.split(",") if s)
+    if not sizes:  # --scale-prompts "": the speed tables only
+        return
     everything = all_labelled_battles(args.data_dir)
     n_real = len(pc.unique(everything.table["prompt"]))
     big = with_variants(everything, max(sizes))
