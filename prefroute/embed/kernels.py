@@ -48,8 +48,8 @@ def segment_hashes(
     pair). Its hash is sum(code[k] * base**(k - start)) modulo 2**64, xor length * length_mix.
     """
     n = len(codes)
-    starts = np.empty(n + 1, np.int64)
-    hashes = np.empty(n + 1, np.uint64)
+    starts = np.empty(n, np.int64)
+    hashes = np.empty(n, np.uint64)
     first_segment = np.empty(len(text_starts), np.int64)
     count = 0
     next_text = 0
@@ -220,15 +220,16 @@ def mean_rows(
     return out
 
 
-
-def warm_up_segments(small_of_bmp: np.ndarray, cuttable: np.ndarray) -> None:
+def warm_up_segments(
+    small_of_bmp: np.ndarray, cuttable: np.ndarray, alphabet: int, other: int
+) -> None:
     """Load (or compile, the first time) the segment tokenizer's loops for the argument types
     it uses, so that cost falls at start-up rather than inside the first large batch."""
     # read-only, like the codes the tokenizer takes from a str's bytes (numba compiles
     # read-only and writable arrays apart)
     codes = np.frombuffer(np.array([0x2581, 0x61, 0x62], np.uint32).tobytes(), np.uint32)
     starts, lengths, hashes, first = segment_hashes(
-        codes, np.zeros(1, np.int64), small_of_bmp, cuttable, 258, 257, np.uint64(3),
+        codes, np.zeros(1, np.int64), small_of_bmp, cuttable, alphabet, other, np.uint64(3),
         np.uint64(5),
     )
     contains_any(codes, codes, np.array([0, 1], np.int64))

@@ -152,6 +152,8 @@ class SegmentTokenizer:
         self._lock = threading.RLock()
         self._generation = 0  # bumped by every clear
         self.clear()
+        # loaded (or compiled, the first time) now rather than inside the first large batch
+        compiled_loops().warm_up_segments(_SMALL_OF_BMP, self._cuttable, _ALPHABET, _OTHER)
 
     def clear(self) -> None:
         """Forget every cached segment."""
@@ -168,10 +170,6 @@ class SegmentTokenizer:
         self._words: dict[str, tuple[int, ...]] = {}
         self._generation += 1
         self._table_keys, self._table_slots, self._table_bits = _empty_table(MIN_TABLE_SIZE)
-
-    def warm_up(self) -> None:
-        """Load the compiled loops now rather than inside the first large batch."""
-        compiled_loops().warm_up_segments(_SMALL_OF_BMP, self._cuttable)
 
     @property
     def cached_segments(self) -> int:
@@ -354,17 +352,15 @@ class SegmentTokenizer:
         self._token_counts.extend(lengths)
         self._tokens.extend(flat)
         self._hashes.extend(hashes)
+        to_index, first_indexed = hashes, first_slot
         if 2 * self.cached_segments > len(self._table_keys):  # keep the table half empty
             self._table_keys, self._table_slots, self._table_bits = _empty_table(
                 4 * self.cached_segments
             )
-            compiled_loops().table_insert(
-                self._table_keys, self._table_slots, self._hashes.values, 0, self._table_bits
-            )
-        else:
-            compiled_loops().table_insert(
-                self._table_keys, self._table_slots, hashes, first_slot, self._table_bits
-            )
+            to_index, first_indexed = self._hashes.values, 0
+        compiled_loops().table_insert(
+            self._table_keys, self._table_slots, to_index, first_indexed, self._table_bits
+        )
         slots[new] = np.arange(first_slot, first_slot + len(lengths))
         return slots
 
