@@ -4,15 +4,16 @@ For MMLU, GSM8K (RouteLLM's gpt-4 vs Mixtral outcomes) and MMLU-Pro (gpt-4o vs M
 one grouped, stratified 5-fold split (seed 0; near-copies in one fold); fold 0 is the test
 set, the other folds the pool. From the pool, N prompts (50 ... 1,600, at most the pool)
 get their golden label, picked either uniformly at random or by ``select_prompts``
-(cluster coverage of the embedding + surface-feature space; no router, so no uncertainty
-term), or by ``select_prompts`` with a router retrained on the labels so far (active
-learning rounds at the sizes below; cluster coverage mixed with uncertainty), or by
+(stratified over k-means strata of the embedding + surface-feature space; no router, so
+no uncertainty term), or by ``select_prompts`` with a router retrained on the labels so far
+(active learning rounds at the sizes below; inside a stratum, draws favour uncertainty), or by
 ``select_prompts(method="disagreement")`` (rounds again: a model of the labels so far
 predicts where the two models disagree, and picks are drawn in proportion to its square).
-A logistic router (``routers.logistic``: wordllama + surface features) trains on those N
-labels only and is scored on the test fold (APGR, RouteLLM's deciles). 10 seeds.
+A logistic router (``routers.logistic``: wordllama + surface features; two-part by default,
+as the router trains, or ``--learner soft``) trains on those N labels only and is scored on
+the test fold (APGR, RouteLLM's deciles). 10 seeds by default.
 
-    nice -n 10 python benchmarks/bench_label_efficiency.py
+    nice -n 10 python benchmarks/bench_label_efficiency.py --seeds 30
 
 Writes ``benchmarks/out/label_efficiency.json`` and
 ``benchmarks/figures/label_efficiency.png``.
@@ -101,17 +102,20 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
     pool, x_pool, x_test, labels = split.pool, split.x_pool, split.x_test, split.labels
     s_test, w_test, test_rows = split.s_test, split.w_test, split.test_rows
 
-    def apgr_of(idx: np.ndarray) -> float:
-        """The learner (LogisticRouter's, plain or two_part) on the labels of ``idx``."""
+    def probs_of(idx: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """P(strong wins) for ``x`` from the learner (LogisticRouter's, plain or two_part)
+        trained on the labels of ``idx``."""
         if learner == "soft":
             coef, intercept = fit_soft_logistic(x_pool[idx], labels[idx], np.ones(len(idx)),
                                                 c=1.0)
-            probs = expit(x_test @ coef + intercept)
-        else:
-            tie, direction = fit_two_part_logistic(x_pool[idx], labels[idx], np.ones(len(idx)),
-                                                   c=1.0)
-            probs = two_part_proba(x_test, tie, direction)
-        return router_metrics(s_test, w_test, probs, n_bootstrap=0, grid=2).apgr
+            return expit(x @ coef + intercept)
+        tie, direction = fit_two_part_logistic(x_pool[idx], labels[idx], np.ones(len(idx)),
+                                               c=1.0)
+        return two_part_proba(x, tie, direction)
+
+    def apgr_of(idx: np.ndarray) -> float:
+        return router_metrics(s_test, w_test, probs_of(idx, x_test), n_bootstrap=0,
+                              grid=2).apgr
 
     def rounds_with_router(seed: int) -> list[float]:
         """Active learning as a user would run it: the first size picked at random, then each
@@ -120,12 +124,10 @@ def run(bench: str, data_dir: Path, seeds: int, learner: str = "soft",
         chosen = np.random.default_rng(seed).choice(len(pool), sizes[0], replace=False)
         curve = [apgr_of(chosen)]
         for n in sizes[1:]:
-            coef, intercept = fit_soft_logistic(x_pool[chosen], labels[chosen],
-                                                np.ones(len(chosen)), c=1.0)
             free = np.setdiff1d(np.arange(len(pool)), chosen)
             picks = select_prompts([pool[i] for i in free], n - len(chosen), seed=seed,
                                    vectors=x_pool[free],
-                                   strong_win_prob=expit(x_pool[free] @ coef + intercept))
+                                   strong_win_prob=probs_of(chosen, x_pool[free]))
             chosen = np.concatenate([chosen, free[picks.indices]])
             curve.append(apgr_of(chosen))
         return curve
@@ -198,7 +200,7 @@ def plot(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 5.2), squeeze=False)
     colours = {"random": "tab:grey", "select": "tab:blue", "select_router": "tab:orange",
                "select_disagreement": "tab:red"}
-    labels = {"random": "random prompts", "select": "augment select (cluster coverage)",
+    labels = {"random": "random prompts", "select": "augment select (stratified)",
               "select_router": "augment select --router, retrained each round",
               "select_disagreement": "augment select --labelled (where models disagree), "
                                      "each round"}
@@ -235,8 +237,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--benchmarks", default="mmlu,gsm8k,mmlu_pro")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--learner", choices=("soft", "two_part"), default="soft",
-                        help="LogisticRouter as trained by default, or with two_part=True")
+    parser.add_argument("--learner", choices=("two_part", "soft"), default="two_part",
+                        help="LogisticRouter as trained by default (two_part), or with "
+                        "two_part=False")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", type=Path,
                         default=ROOT / "benchmarks" / "out" / "label_efficiency.json")

@@ -16,10 +16,19 @@ the unlabelled pool by the predicted chance that the two models disagree, d:
   the round, and picks inside it drawn in proportion to d**0 (plain stratified random), d**2
   or d**4. It keeps the pool's mix of topics while preferring likely-decisive prompts.
 
+Two bounds, which no selector can run (they read labels of prompts not yet labelled), say
+how far any selector that prefers likely-decisive prompts could go:
+
+- ``best_d2``: draws in proportion to d**2, with d from the decisiveness model fitted on
+  *every* pool label (the best d a selector could learn from this pool);
+- ``label_A_B``: draws weighted by the prompt's true label: A where the weak model won,
+  B where the strong model won, 1 for a tie (``label_4_4``: every decisive prompt 4 times
+  a tie). No selector can know more about a prompt's outcome before labelling it.
+
 Prints mean APGR per size and each variant at half the largest size minus random at the
 largest (Welch 95% CI over seeds).
 
-    python benchmarks/bench_selection_variants.py --benchmarks mmlu,gsm8k --seeds 10
+    python benchmarks/bench_selection_variants.py --benchmarks mmlu,gsm8k --seeds 30
 """
 
 from __future__ import annotations
@@ -33,6 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = (50, 100, 200, 400, 800, 1600)
 STRATA = 20
 STRATUM_POWERS = {"strat0": 0.0, "strat2": 2.0, "strat4": 4.0}
+NAMES = {"pow2": "drawn by d\u00b2, d learnt from the labels so far (augment select --labelled)",
+         "pow4": "drawn by d\u2074", "iw2": "drawn by d\u00b2, importance-weighted learner",
+         "mix": "half random, half drawn by d\u00b2", "top": "the highest d",
+         "strat0": "stratified random (20 strata)", "strat2": "stratified, drawn by d\u00b2 inside",
+         "strat4": "stratified, drawn by d\u2074 inside",
+         "best_d2": "drawn by d\u00b2, d learnt from every pool label"}
+
+
+def describe(kind: str) -> str:
+    """A reader's name for a variant (``label_A_B``: weights on the true outcome)."""
+    if kind.startswith("label_"):
+        _, weak_won, strong_won = kind.split("_")
+        return f"true outcome: weak won x{weak_won}, strong won x{strong_won}, tie x1"
+    return NAMES.get(kind, kind)
 
 
 def main() -> None:
@@ -40,28 +63,44 @@ def main() -> None:
     parser.add_argument("--benchmarks", default="mmlu,gsm8k", help="mmlu, gsm8k or both")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top,strat0,strat2,strat4")
+    parser.add_argument("--variants", default="pow2,pow4,iw2,mix,top,strat0,strat2,strat4,"
+                        "best_d2,label_2_2,label_4_4,label_2_4,label_4_2,label_4_1,label_8_8")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="also draw each variant's half-size gap to random as a PNG")
     args = parser.parse_args()
+    gaps = {}
     for bench in args.benchmarks.split(","):
         if bench not in ("mmlu", "gsm8k"):
             raise SystemExit(f"unknown benchmark {bench!r}: mmlu or gsm8k")
         print(f"== {bench}")
-        compare(bench, args.data_dir, args.seeds, args.variants.split(","))
+        gaps[bench] = compare(bench, args.data_dir, args.seeds, args.variants.split(","))
+    if args.figure is not None:
+        plot_gaps(gaps, args.seeds, args.figure)
 
 
-def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None:
-    """Print each variant's curve and its half-size figure against random's largest."""
+def compare(bench: str, data_dir: Path, seeds: int,
+            variants: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Print each variant's curve and its half-size figure against random's largest; return
+    those figures as {variant: (difference, low, high)}."""
     from bench_label_efficiency import pool_and_test  # this folder is on sys.path
+    from scipy.special import expit
 
     from prefroute.evaluate.metrics import router_metrics
-    from prefroute.routers.logistic import decisive_parts, fit_two_part_logistic, two_part_proba
-    from prefroute.selection import disagreement_probability
+    from prefroute.routers.logistic import (
+        decisive_parts,
+        fit_decisive_logistic,
+        fit_two_part_logistic,
+        two_part_proba,
+    )
+    from prefroute.selection import disagreement_probability, stratified_draw
 
     split = pool_and_test(bench, data_dir)
     pool, x_pool, x_test, labels = split.pool, split.x_pool, split.x_test, split.labels
     s_test, w_test = split.s_test, split.w_test
     disagreed, _ = decisive_parts(labels)
     sizes = [n for n in SIZES if n <= len(pool)]  # GSM8K's pool (1,055) stops at 800
+    coef, intercept = fit_decisive_logistic(x_pool, disagreed, np.ones(len(pool)))
+    best_d = expit(x_pool @ coef + intercept)  # for the best_d2 bound only
 
     def apgr_of(idx: np.ndarray, weights: np.ndarray | None = None) -> float:
         w = np.ones(len(idx)) if weights is None else weights
@@ -74,23 +113,6 @@ def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None
 
     strata = KMeans(STRATA, n_init=1, random_state=0).fit_predict(
         PCA(32, random_state=0).fit_transform(x_pool))
-
-    def stratified(free: np.ndarray, d: np.ndarray, k: int, power: float,
-                   rng: np.random.Generator) -> np.ndarray:
-        """k picks from ``free``: each stratum its share (largest remainders drawn), and
-        inside a stratum in proportion to d**power."""
-        quota = np.bincount(strata[free], minlength=STRATA) / len(free) * k
-        take = np.floor(quota).astype(int)
-        if k > take.sum():
-            rest = quota - take
-            take[rng.choice(STRATA, k - take.sum(), replace=False, p=rest / rest.sum())] += 1
-        picks = []
-        for stratum in np.flatnonzero(take):
-            members = np.flatnonzero(strata[free] == stratum)
-            w = d[members] ** power
-            picks.append(members[rng.choice(len(members), take[stratum], replace=False,
-                                            p=w / w.sum())])
-        return np.concatenate(picks)
 
     def rounds(seed: int, kind: str) -> tuple[list[float], float]:
         rng = np.random.default_rng(seed)
@@ -115,8 +137,11 @@ def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None
                 p = d[rest] ** 2 / (d[rest] ** 2).sum()
                 picks = np.concatenate(
                     [at_random, rest[rng.choice(len(rest), k - k // 2, replace=False, p=p)]])
+            elif kind == "best_d2" or kind.startswith("label_"):
+                p = best_d[free] ** 2 if kind == "best_d2" else _by_label(labels[free], kind)
+                picks = rng.choice(len(free), k, replace=False, p=p / p.sum())
             elif kind in STRATUM_POWERS:
-                picks = stratified(free, d, k, STRATUM_POWERS[kind], rng)
+                picks = stratified_draw(strata[free], d ** STRATUM_POWERS[kind], k, rng)
             elif kind == "top":
                 picks = np.argsort(-d)[:k]
             else:
@@ -141,14 +166,67 @@ def compare(bench: str, data_dir: Path, seeds: int, variants: list[str]) -> None
         share_text = f"; decisive share of the labels {np.mean(shares):.3f}" if shares else ""
         print(f"{kind}: mean APGR at {sizes}: {np.round(curves[kind].mean(0), 3).tolist()}"
               f"{share_text}")
-    full = curves["random"][:, -1]
+    gaps = {}
     for kind in variants:
-        half = curves[kind][:, -2]
-        diff = half.mean() - full.mean()
-        se = np.sqrt(half.var(ddof=1) / len(half) + full.var(ddof=1) / len(full))
-        print(f"{kind} at {sizes[-2]} minus random at {sizes[-1]}: {diff:+.3f} "
-              f"[{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}]")
+        at_half = curves[kind][:, -2]
+        gaps[kind] = _welch(at_half, curves["random"][:, -1])
+        print(f"{kind} at {sizes[-2]} minus random at {sizes[-1]}: {_text(gaps[kind])}; "
+              f"minus random at {sizes[-2]}: {_text(_welch(at_half, curves['random'][:, -2]))}")
+    return gaps
 
+
+def _by_label(labels: np.ndarray, kind: str) -> np.ndarray:
+    """Draw weights of the ``label_A_B`` bound: A where the weak model won, B where the strong
+    model won, 1 for a tie."""
+    _, weak_won, strong_won = kind.split("_")
+    return np.where(labels < 0.5, float(weak_won), np.where(labels > 0.5, float(strong_won), 1.0))
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Difference of means with its Welch 95% interval (independent draws per seed)."""
+    diff = float(a.mean() - b.mean())
+    se = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+    return diff, diff - 1.96 * se, diff + 1.96 * se
+
+
+def _text(gap: tuple[float, float, float]) -> str:
+    return f"{gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]"
+
+
+def plot_gaps(gaps: dict[str, dict[str, tuple[float, float, float]]], seeds: int,
+              path: Path) -> Path:
+    """One panel per benchmark: each variant's APGR at half the labels minus random picks'
+    at all of them, with its 95% interval; bounds (which read true labels) in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(gaps), figsize=(5 * len(gaps) + 4, 5.5), squeeze=False,
+                             sharey=True)
+    for ax, (bench, by_kind) in zip(axes[0], gaps.items(), strict=True):
+        kinds = list(by_kind)
+        for row, kind in enumerate(kinds):
+            diff, low, high = by_kind[kind]
+            bound = kind == "best_d2" or kind.startswith("label_")
+            ax.errorbar(diff, row, xerr=[[diff - low], [high - diff]], fmt="o", capsize=3,
+                        color="tab:grey" if bound else "tab:red",
+                        label="bound: reads labels no selector has yet" if bound
+                        else "selector a user can run")
+        ax.axvline(0.0, color="black", linewidth=1,
+                   label="goal: level with random picks at twice the labels")
+        ax.set_yticks(range(len(kinds)), [describe(k) for k in kinds], fontsize=8)
+        half = "800 vs 1,600" if bench == "mmlu" else "400 vs 800"
+        ax.set_xlabel(f"APGR gap, labels {half} (mean of {seeds} seeds, 95% CI)")
+        ax.set_title(f"{bench}: half the labels minus random picks at all of them")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=3, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 if __name__ == "__main__":
     main()

@@ -3,11 +3,14 @@
 ``select_prompts`` picks ``budget`` distinct prompts from a pool:
 
 ``method="kmeans"`` (default)
-    Cluster coverage: k-means with ``budget`` clusters over the prompts' embeddings
-    (wordllama + standardised surface features, so long and numeric prompts spread out too;
-    projected on their top 32 principal directions, which keeps k-means fast);
-    from each cluster a seeded random member (stratified sampling), or, with router
-    probabilities, the member with the best mix of closeness to the centre and uncertainty.
+    Stratified sampling: the pool's embeddings (wordllama + standardised surface features,
+    so long and numeric prompts spread out too; projected on their top 32 principal
+    directions) are cut into ``min(STRATA, budget)`` k-means strata, each gets its share of the
+    budget in proportion to its size (remainders drawn), and its picks are drawn at random,
+    or with router probabilities in proportion to ``((1 - w) + w * uncertainty) ** 2``. The
+    picks keep the pool's mix of topics and lengths. (One prompt from each of ``budget``
+    clusters, the earlier method, over-represents rare corners of the pool: on MMLU it
+    trained routers below random picks; ``benchmarks/RESULTS.md``, issue 15 (f).)
 ``method="kcenter"``
     Greedy k-center (farthest-first) on cosine distance, each distance scaled by
     ``1 - w + w * uncertainty``.
@@ -38,6 +41,8 @@ from prefroute.errors import ConfigError, check_choice, check_int, check_range
 
 METHODS = ("kmeans", "kcenter", "disagreement")
 PCA_DIMS = 32
+# Strata for method="kmeans": 50 to 400 read alike on MMLU, GSM8K and MMLU-Pro (RESULTS #15 (f)).
+STRATA = 100
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
                               "prompt (from labelled prompts: --labelled)")
         picks = _weighted_draw(np.asarray(disagreement, np.float64)[distinct] ** 2, budget, seed)
     elif method == "kmeans":
-        picks = _cluster_cover(x, budget, seed, u, uncertainty_weight)
+        picks = _stratified_draw(x, budget, seed, u, uncertainty_weight)
     else:
         picks = _k_center(x, budget, seed, u, uncertainty_weight)
     chosen = distinct[picks]
@@ -150,36 +155,48 @@ def _weighted_draw(weights: np.ndarray, budget: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice(len(w), budget, replace=False, p=w / w.sum())
 
 
-def _cluster_cover(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
-                   weight: float) -> np.ndarray:
+def _stratified_draw(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,
+                     weight: float) -> np.ndarray:
+    """``budget`` distinct rows of ``x``, each k-means stratum given its proportional share
+    (see the module docstring), returned in a seeded random order so that any prefix of the
+    picks is itself a random subsample of them."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
+    rng = np.random.default_rng(seed)
     if budget == len(x):
-        return np.arange(len(x))
-    # k-means cost grows with n * budget * dim: cluster in the top principal directions
+        return rng.permutation(len(x))
+    # k-means cost grows with n * strata * dim: cluster in the top principal directions
     if x.shape[1] > PCA_DIMS and len(x) > PCA_DIMS:
         x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x).astype(np.float32)
-    km = KMeans(n_clusters=budget, n_init=1, max_iter=30, random_state=seed).fit(x)
-    if u is None:
-        # no router: a seeded random member per cluster. Stratified sampling keeps the pool's
-        # spread (lengths, difficulty) that medoids, the most typical prompts, lose; on MMLU
-        # medoid picks trained routers below random picks (benchmarks/RESULTS.md, issue 15).
-        score = np.random.default_rng(seed).random(len(x))
-    else:
-        dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
-        closeness = 1.0 - dist / max(float(dist.max()), 1e-12)
-        score = (1.0 - weight) * closeness + weight * u
+    # at most one stratum per pick, so that a router's uncertainty acts inside each one
+    n_strata = min(STRATA, budget)
+    strata = KMeans(n_clusters=n_strata, n_init=1, max_iter=30,
+                    random_state=seed).fit_predict(x)
+    preference = np.ones(len(x)) if u is None else ((1.0 - weight) + weight * u) ** 2
+    picks = stratified_draw(strata, preference, budget, rng)
+    return rng.permutation(picks)
+
+
+def stratified_draw(strata: np.ndarray, preference: np.ndarray, budget: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``budget`` distinct row indices: each stratum (``strata``: one label per row) gets its
+    share of the budget in proportion to its size, the fractional remainders decide the last
+    picks, and inside a stratum rows are drawn in proportion to ``preference``."""
+    n_strata = int(strata.max()) + 1
+    quota = np.bincount(strata, minlength=n_strata) * (budget / len(strata))
+    take = np.floor(quota).astype(np.int64)
+    short = budget - int(take.sum())
+    if short > 0:  # each remainder is below 1, so enough strata have one
+        remainder = quota - take
+        take[rng.choice(n_strata, short, replace=False, p=remainder / remainder.sum())] += 1
     picks = []
-    taken = np.zeros(len(x), dtype=bool)
-    for c in range(budget):
-        members = np.flatnonzero((km.labels_ == c) & ~taken)
-        if len(members) == 0:  # an empty cluster: the best free prompt anywhere
-            members = np.flatnonzero(~taken)
-        best = members[np.argmax(score[members])]
-        taken[best] = True
-        picks.append(best)
-    return np.array(picks, dtype=np.int64)
+    for stratum in np.flatnonzero(take):
+        members = np.flatnonzero(strata == stratum)
+        w = preference[members] + 1e-12
+        picks.append(members[rng.choice(len(members), take[stratum], replace=False,
+                                        p=w / w.sum())])
+    return np.concatenate(picks).astype(np.int64)
 
 
 def _k_center(x: np.ndarray, budget: int, seed: int, u: np.ndarray | None,

@@ -44,6 +44,34 @@ def test_uncertainty_moves_picks_towards_the_boundary(gsm8k_pool):
     boundary = 1 - np.abs(2 * probs - 1)
     assert boundary[uncertain.indices].mean() > boundary[plain.indices].mean() + 0.1
     assert np.isnan(plain.uncertainty).all() and np.isfinite(uncertain.uncertainty).all()
+    # uncertainty alone, one pick: the one prompt at the boundary, wherever it sits
+    one = np.ones(len(prompts))
+    one[7] = 0.5
+    pick = select_prompts(prompts, 1, vectors=vectors, strong_win_prob=one,
+                          uncertainty_weight=1.0)
+    assert pick.indices.tolist() == [7]
+
+
+def test_select_keeps_the_pools_mix(data_dir):
+    """Stratified picks keep each part of the pool at its share: 10% GSM8K prompts in an
+    MMLU pool get ~10 of 100 picks, more precisely than a random draw would (binomial sd 3),
+    and the picks are no sparser than the pool (one pick per cluster over-represented the
+    rare corners and gave the diverse MMLU part most clusters: 6-9 GSM8K picks)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    mmlu = load_outcomes("mmlu", data_dir).prompts[:1800]
+    gsm8k = load_outcomes("gsm8k", data_dir).prompts[:200]
+    prompts = list(mmlu) + list(gsm8k)
+    vectors = pool_vectors(prompts)
+    counts = [int((select_prompts(prompts, 100, seed=seed, vectors=vectors).indices
+                   >= len(mmlu)).sum()) for seed in range(6)]
+    assert all(8 <= c <= 12 for c in counts), counts
+    # typicality: mean distance to the 10 nearest pool neighbours, picks against the pool
+    dist = NearestNeighbors(n_neighbors=11).fit(vectors).kneighbors(vectors)[0][:, 1:].mean(1)
+    se = dist.std() / np.sqrt(300)
+    for seed in range(3):
+        picks = select_prompts(prompts, 300, seed=seed, vectors=vectors).indices
+        assert abs(dist[picks].mean() - dist.mean()) < 3 * se
 
 
 def test_select_refuses_a_budget_beyond_the_pool(gsm8k_pool):

@@ -32,11 +32,14 @@ def select(
         "`augment golden`): they leave the pool, and the default method becomes "
         "disagreement"),
     method: str | None = typer.Option(
-        None, "--method", help="kmeans (cluster coverage; the default without --labelled), "
+        None, "--method", help="kmeans (a stratified sample over k-means strata, which keeps the "
+        "pool's mix; the default without --labelled), "
         "kcenter (farthest first), or disagreement (where the two models are predicted to "
         "disagree; needs --labelled; the default with it)"),
-    uncertainty_weight: float = typer.Option(0.5, "--uncertainty-weight",
-                                             help="0: coverage only, 1: uncertainty only"),
+    uncertainty_weight: float = typer.Option(
+        0.5, "--uncertainty-weight",
+        help="with --router: 0 plain stratified draws, 1 draws inside a stratum by "
+        "uncertainty alone"),
     seed: int = typer.Option(0, "--seed"),
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="folder in the shared/data layout (--table)"),
