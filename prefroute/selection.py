@@ -132,6 +132,14 @@ def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
     if len(vectors) != len(prompts):
         raise ConfigError(f"{len(vectors)} vectors for {len(prompts)} prompts")
     x = np.asarray(vectors, dtype=np.float32)[distinct]
+    if strong_win_prob is not None:
+        probs = np.asarray(strong_win_prob, dtype=np.float64)
+        if probs.shape != (len(prompts),):
+            raise ConfigError(f"{probs.size} router probabilities for {len(prompts)} prompts")
+        if not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0):
+            bad = int(np.flatnonzero(~((probs >= 0.0) & (probs <= 1.0)))[0])
+            raise ConfigError(f"router probability {float(probs[bad])} for prompt {bad} is not a "
+                              "probability in [0, 1]")
     u_all = uncertainty_of(strong_win_prob, member_probs)
     u = None if u_all is None else np.asarray(u_all, dtype=np.float64)[distinct]
     if method == "disagreement":

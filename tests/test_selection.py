@@ -78,6 +78,12 @@ def test_select_refuses_a_budget_beyond_the_pool(gsm8k_pool):
     prompts, vectors = gsm8k_pool
     with pytest.raises(ConfigError, match="distinct prompts"):
         select_prompts(prompts[:10] * 3, 11, vectors=np.concatenate([vectors[:10]] * 3))
+    probs = np.full(len(prompts), 0.5)
+    with pytest.raises(ConfigError, match="router probabilities for"):
+        select_prompts(prompts, 5, vectors=vectors, strong_win_prob=probs[:-1])
+    probs[3] = np.nan
+    with pytest.raises(ConfigError, match="nan for prompt 3 is not a probability"):
+        select_prompts(prompts, 5, vectors=vectors, strong_win_prob=probs)
 
 
 def test_cli_select_feeds_augment_golden(tmp_path, data_dir):
