@@ -50,11 +50,22 @@ NAMES = {"pow2": "drawn by d\u00b2, d learnt from the labels so far (augment sel
          "best_d2": "drawn by d\u00b2, d learnt from every pool label"}
 
 
+def is_bound(kind: str) -> bool:
+    """Whether a variant reads labels no selector has yet (a bound, not a selector)."""
+    return kind == "best_d2" or kind.startswith("label_")
+
+
+def label_weights(kind: str) -> tuple[float, float]:
+    """(weight where the weak model won, where the strong model won) of ``label_A_B``."""
+    _, weak_won, strong_won = kind.split("_")
+    return float(weak_won), float(strong_won)
+
+
 def describe(kind: str) -> str:
     """A reader's name for a variant (``label_A_B``: weights on the true outcome)."""
     if kind.startswith("label_"):
-        _, weak_won, strong_won = kind.split("_")
-        return f"true outcome: weak won x{weak_won}, strong won x{strong_won}, tie x1"
+        weak_won, strong_won = label_weights(kind)
+        return f"true outcome: weak won x{weak_won:g}, strong won x{strong_won:g}, tie x1"
     return NAMES.get(kind, kind)
 
 
@@ -137,7 +148,7 @@ def compare(bench: str, data_dir: Path, seeds: int,
                 p = d[rest] ** 2 / (d[rest] ** 2).sum()
                 picks = np.concatenate(
                     [at_random, rest[rng.choice(len(rest), k - k // 2, replace=False, p=p)]])
-            elif kind == "best_d2" or kind.startswith("label_"):
+            elif is_bound(kind):
                 p = best_d[free] ** 2 if kind == "best_d2" else _by_label(labels[free], kind)
                 picks = rng.choice(len(free), k, replace=False, p=p / p.sum())
             elif kind in STRATUM_POWERS:
@@ -178,8 +189,8 @@ def compare(bench: str, data_dir: Path, seeds: int,
 def _by_label(labels: np.ndarray, kind: str) -> np.ndarray:
     """Draw weights of the ``label_A_B`` bound: A where the weak model won, B where the strong
     model won, 1 for a tie."""
-    _, weak_won, strong_won = kind.split("_")
-    return np.where(labels < 0.5, float(weak_won), np.where(labels > 0.5, float(strong_won), 1.0))
+    weak_won, strong_won = label_weights(kind)
+    return np.where(labels < 0.5, weak_won, np.where(labels > 0.5, strong_won, 1.0))
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -208,7 +219,7 @@ def plot_gaps(gaps: dict[str, dict[str, tuple[float, float, float]]], seeds: int
         kinds = list(by_kind)
         for row, kind in enumerate(kinds):
             diff, low, high = by_kind[kind]
-            bound = kind == "best_d2" or kind.startswith("label_")
+            bound = is_bound(kind)
             ax.errorbar(diff, row, xerr=[[diff - low], [high - diff]], fmt="o", capsize=3,
                         color="tab:grey" if bound else "tab:red",
                         label="bound: reads labels no selector has yet" if bound

@@ -136,10 +136,10 @@ def select_prompts(prompts: Sequence[str], budget: int, *, seed: int = 0,
         probs = np.asarray(strong_win_prob, dtype=np.float64)
         if probs.shape != (len(prompts),):
             raise ConfigError(f"{probs.size} router probabilities for {len(prompts)} prompts")
-        if not (np.isfinite(probs).all() and probs.min() >= 0.0 and probs.max() <= 1.0):
-            bad = int(np.flatnonzero(~((probs >= 0.0) & (probs <= 1.0)))[0])
-            raise ConfigError(f"router probability {float(probs[bad])} for prompt {bad} is not a "
-                              "probability in [0, 1]")
+        bad = np.flatnonzero(~((probs >= 0.0) & (probs <= 1.0)))  # NaN fails both
+        if len(bad):
+            raise ConfigError(f"router probability {float(probs[bad[0]])} for prompt {bad[0]} "
+                              "is not a probability in [0, 1]")
     u_all = uncertainty_of(strong_win_prob, member_probs)
     u = None if u_all is None else np.asarray(u_all, dtype=np.float64)[distinct]
     if method == "disagreement":
